@@ -43,7 +43,7 @@ enum Command {
     },
 }
 
-fn load(path: &PathBuf) -> Result<OriginConfig, ExitCode> {
+fn load(path: &std::path::Path) -> Result<OriginConfig, ExitCode> {
     OriginConfig::load(path).map_err(|err| {
         match &err {
             ConfigError::Invalid(problems) => {

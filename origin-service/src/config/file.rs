@@ -203,6 +203,14 @@ pub(super) fn parse(text: &str) -> Result<FileConfig, Problem> {
 /// Turns a serde message into `path: problem (hint)`; an unknown key is named in the path itself.
 fn problem_from_serde(path: &str, message: &str) -> Problem {
     let parent = if path == "." { "" } else { path };
+    // The YAML parser prefixes nested errors with its own notion of the path: drop it.
+    let message = match message.find("unknown field `") {
+        Some(start) => &message[start..],
+        None => message
+            .strip_prefix(parent)
+            .and_then(|m| m.strip_prefix(": "))
+            .unwrap_or(message),
+    };
     // serde_path_to_error already ends the path with an unknown key; older versions did not.
     let join = |key: &str| {
         if parent == key || parent.ends_with(&format!(".{key}")) {

@@ -156,7 +156,7 @@ fn recommendations(products: &[Product], seed: u64) -> Vec<(i64, i64, i64)> {
     for p in products {
         by_category[p.category].push(p.id);
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_7ec5);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005e_ed0f_7ec5);
     let mut rows = Vec::with_capacity(products.len() * RECOMMENDATIONS_PER_PRODUCT);
     for p in products {
         let peers = &by_category[p.category];
