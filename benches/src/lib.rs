@@ -1,1 +1,6 @@
+//! The load harness: keep-alive HTTPS load at a fixed concurrency against one URL, with latency
+//! percentiles from an HDR histogram. Benchmarks in `src/bin/` run targets side by side in one
+//! process and one run, so ratios are measured under the same machine noise.
 
+pub mod load;
+pub mod report;

@@ -1,0 +1,158 @@
+//! A closed-loop load generator: `connections` workers, each on its own keep-alive TLS
+//! connection, sending GETs back to back for `warmup + duration`; only the measured window counts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// What to load and how hard.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    pub addr: SocketAddr,
+    pub server_name: ServerName<'static>,
+    pub path_and_query: String,
+    pub connections: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub tls: Arc<ClientConfig>,
+}
+
+/// What one load run measured.
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latencies of successful requests in the measured window, in microseconds.
+    pub latency_us: Histogram<u64>,
+}
+
+impl LoadResult {
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// A client TLS config trusting only the CA in `ca_pem_file` (session resumption on, as default).
+pub fn client_tls(ca_pem_file: &std::path::Path) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem_file)
+        .with_context(|| format!("reading {}", ca_pem_file.display()))?
+    {
+        roots.add(cert?)?;
+    }
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+type Sender = http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(spec: &LoadSpec) -> anyhow::Result<Sender> {
+    let tcp = TcpStream::connect(spec.addr).await?;
+    tcp.set_nodelay(true)?;
+    let tls = TlsConnector::from(spec.tls.clone())
+        .connect(spec.server_name.clone(), tcp)
+        .await?;
+    let (sender, connection) = http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// One GET; returns the response body when the status is 200.
+pub async fn get(sender: &mut Sender, spec: &LoadSpec) -> anyhow::Result<Bytes> {
+    let request = http::Request::get(spec.path_and_query.as_str())
+        .header(http::header::HOST, spec.addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(status == http::StatusCode::OK, "status {status}");
+    Ok(body)
+}
+
+/// Fetches the target once (to check it works and to copy its bytes).
+pub async fn fetch_once(spec: &LoadSpec) -> anyhow::Result<Bytes> {
+    let mut sender = connect(spec).await?;
+    get(&mut sender, spec).await
+}
+
+async fn worker(spec: Arc<LoadSpec>, start: Instant) -> anyhow::Result<LoadResult> {
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.duration;
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut ok, mut errors) = (0, 0);
+    let mut sender = connect(&spec).await?;
+    loop {
+        let sent = Instant::now();
+        if sent >= end {
+            break;
+        }
+        let outcome = get(&mut sender, &spec).await;
+        let done = Instant::now();
+        let measured = sent >= measure_from;
+        match outcome {
+            Ok(_) if measured => {
+                ok += 1;
+                histogram.saturating_record(done.duration_since(sent).as_micros() as u64);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                if measured {
+                    errors += 1;
+                }
+                sender = connect(&spec).await?;
+            }
+        }
+    }
+    Ok(LoadResult {
+        ok,
+        errors,
+        elapsed: spec.duration,
+        latency_us: histogram,
+    })
+}
+
+/// Runs the load and merges every worker's counts and latencies.
+pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadResult> {
+    let spec = Arc::new(spec);
+    let start = Instant::now();
+    let workers: Vec<_> = (0..spec.connections)
+        .map(|_| tokio::spawn(worker(spec.clone(), start)))
+        .collect();
+    let mut total = LoadResult {
+        ok: 0,
+        errors: 0,
+        elapsed: spec.duration,
+        latency_us: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+    };
+    for handle in workers {
+        let part = handle.await??;
+        total.ok += part.ok;
+        total.errors += part.errors;
+        total.latency_us.add(&part.latency_us)?;
+    }
+    Ok(total)
+}

@@ -1,0 +1,100 @@
+//! Side-by-side reporting: one row per (target, round), then medians and ratios.
+
+use crate::load::LoadResult;
+
+/// Results of several rounds for one target.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub name: String,
+    pub rounds: Vec<LoadResult>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+impl Series {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            rounds: Vec::new(),
+        }
+    }
+
+    pub fn median_throughput(&self) -> f64 {
+        median(self.rounds.iter().map(LoadResult::throughput).collect())
+    }
+
+    pub fn median_percentile_ms(&self, q: f64) -> f64 {
+        median(self.rounds.iter().map(|r| r.percentile_ms(q)).collect())
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.rounds.iter().map(|r| r.errors).sum()
+    }
+}
+
+pub fn row(name: &str, round: usize, r: &LoadResult) -> String {
+    format!(
+        "| {name:<28} | {round:>5} | {:>10.0} | {:>8.3} | {:>8.3} | {:>8.3} | {:>6} |",
+        r.throughput(),
+        r.percentile_ms(0.50),
+        r.percentile_ms(0.95),
+        r.percentile_ms(0.99),
+        r.errors
+    )
+}
+
+pub fn header() -> String {
+    format!(
+        "| {:<28} | {:>5} | {:>10} | {:>8} | {:>8} | {:>8} | {:>6} |\n|{}|{}|{}|{}|{}|{}|{}|",
+        "target",
+        "round",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "-".repeat(30),
+        "-".repeat(7),
+        "-".repeat(12),
+        "-".repeat(10),
+        "-".repeat(10),
+        "-".repeat(10),
+        "-".repeat(8)
+    )
+}
+
+/// Medians of every series, and each series' throughput and p95 relative to `baseline`.
+pub fn summary(series: &[Series], baseline: &Series) -> String {
+    let mut out = String::from("\nmedians over rounds:\n");
+    for s in series {
+        out.push_str(&format!(
+            "  {:<28} {:>10.0} req/s  p50 {:>7.3} ms  p95 {:>7.3} ms  errors {}\n",
+            s.name,
+            s.median_throughput(),
+            s.median_percentile_ms(0.50),
+            s.median_percentile_ms(0.95),
+            s.errors()
+        ));
+    }
+    for s in series.iter().filter(|s| s.name != baseline.name) {
+        out.push_str(&format!(
+            "  {} / {}: throughput x{:.3}, p95 x{:.3}\n",
+            s.name,
+            baseline.name,
+            s.median_throughput() / baseline.median_throughput(),
+            s.median_percentile_ms(0.95) / baseline.median_percentile_ms(0.95)
+        ));
+    }
+    out
+}
