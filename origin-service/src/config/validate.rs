@@ -34,13 +34,24 @@ impl Problems {
     }
 }
 
+/// `value` against `base` when relative, with `.` and `..` folded away lexically (the path may
+/// not exist yet), so logs and the printed CA path read cleanly.
 fn resolve(base: &Path, value: &str) -> PathBuf {
-    let p = Path::new(value);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
+    use std::path::Component;
+    let joined = base.join(value);
+    let mut clean = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !clean.pop() {
+                    clean.push(part);
+                }
+            }
+            other => clean.push(other),
+        }
     }
+    clean
 }
 
 pub(super) fn validate(file: FileConfig, base_dir: &Path) -> Result<OriginConfig, Vec<Problem>> {
@@ -227,6 +238,9 @@ mod tests {
             cfg.database_path(),
             Path::new("/etc/origin/state/catalog.sqlite3")
         );
+        let cfg = OriginConfig::from_yaml("state_dir: ../.state/./o\n", Path::new("/etc/origin"))
+            .unwrap();
+        assert_eq!(cfg.state_dir, Path::new("/etc/.state/o"));
     }
 
     #[test]

@@ -123,3 +123,53 @@ async fn stop_closes_the_listener() {
         .expect("stop finishes promptly, idle keep-alive connections included");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn shutdown_lets_the_in_flight_request_finish() {
+    let t = TestOrigin::start(
+        200,
+        "http: { request_deadline: 20s, shutdown_grace: 10s }\n\
+         database: { pool: { max_connections: 1, min_idle: 0, acquire_timeout: 20s } }",
+    )
+    .await;
+    // Park the request inside the handler: it waits for the only pooled connection.
+    let held = t.origin.database().pool().acquire().await.unwrap();
+    let request = tokio::spawn({
+        let client = t.client.clone();
+        let url = t.url("/api/v1/products?category=polo&limit=3");
+        async move {
+            client
+                .get(url)
+                .send()
+                .await?
+                .json::<serde_json::Value>()
+                .await
+        }
+    });
+    let parked = async {
+        while t.metric("origin_db_pool_waits_total").await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), parked)
+        .await
+        .unwrap();
+
+    t.origin.shutdown_handle().trigger();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!request.is_finished(), "the in-flight request was cut off");
+    assert!(
+        tokio::net::TcpStream::connect(t.origin.local_addr())
+            .await
+            .is_err(),
+        "the listener still accepts after shutdown"
+    );
+
+    drop(held);
+    let body = request.await.unwrap().unwrap();
+    assert_eq!(body["items"].as_array().unwrap().len(), 3);
+    let TestOrigin { origin, .. } = t;
+    tokio::time::timeout(Duration::from_secs(5), origin.wait())
+        .await
+        .unwrap();
+}
