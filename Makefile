@@ -1,5 +1,5 @@
 # The two commands a newcomer needs:
-#   make run    set up what is missing, build, and run the system (today: the catalog origin)
+#   make run    set up what is missing, build, and run the system: catalog origin + edge proxy
 #   make test   set up what is missing, then run every check CI runs
 # Both are idempotent: setup installs only what is absent, cargo builds incrementally.
 
@@ -8,12 +8,14 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ORIGIN_CONFIG ?= config/origin.yaml
+EDGE_CONFIG ?= config/edge.yaml
 ORIGIN_CONFIGS := config/origin.yaml $(wildcard config/examples/origin-*.yaml)
+EDGE_CONFIGS := config/edge.yaml $(wildcard config/examples/edge-*.yaml)
 
 .PHONY: help setup build run test lint check-configs bench
 
 help:
-	@echo "make run    - set up, build (release) and run the origin on https://127.0.0.1:8443"
+	@echo "make run    - set up, build (release), run the origin (https://127.0.0.1:8443) and the proxy (http://127.0.0.1:8080)"
 	@echo "make test   - set up, then fmt check, clippy, config checks and every test"
 	@echo "make bench  - side-by-side load benchmarks (release build; minutes)"
 	@echo "make setup  - install what is missing: cmake (Debian), the wasm32-wasip1 target"
@@ -33,21 +35,31 @@ setup:
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
+# The origin runs in the background (its state, CA included, is prepared first); the proxy in
+# the foreground. Ctrl-C stops the proxy, and the trap stops the origin.
 run: setup
-	$(CARGO) build --release -p origin-service
+	$(CARGO) build --release -p origin-service -p edge-proxy
 	./target/release/origin-service check -c $(ORIGIN_CONFIG)
-	./target/release/origin-service run -c $(ORIGIN_CONFIG)
+	./target/release/origin-service init -c $(ORIGIN_CONFIG)
+	./target/release/edge-proxy check -c $(EDGE_CONFIG)
+	./target/release/origin-service run -c $(ORIGIN_CONFIG) & origin=$$!; \
+	trap 'kill $$origin 2>/dev/null; wait $$origin 2>/dev/null' EXIT INT TERM; \
+	./target/release/edge-proxy run -c $(EDGE_CONFIG)
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The edge configs name the CA the origin generates: prepare the origin's state first.
 check-configs:
-	$(CARGO) build -p origin-service --bin origin-service
+	$(CARGO) build -p origin-service --bin origin-service -p edge-proxy --bin edge-proxy
 	@for f in $(ORIGIN_CONFIGS); do ./target/debug/origin-service check -c $$f; done
+	./target/debug/origin-service init -c $(ORIGIN_CONFIG)
+	@for f in $(EDGE_CONFIGS); do ./target/debug/edge-proxy check -c $$f; done
 
 test: setup lint check-configs
 	$(CARGO) test --workspace
 
 bench:
 	$(CARGO) run --release -p edge-benches --bin origin-listing
+	$(CARGO) run --release -p edge-benches --bin proxy-transport

@@ -95,21 +95,47 @@ impl RunningOrigin {
     }
 }
 
-/// Prepares the database (create, migrate, seed when empty), TLS and the listener, then serves.
-pub async fn start(config: OriginConfig) -> Result<RunningOrigin, StartError> {
-    let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new());
+/// The state a start needs, prepared: the catalog and the certificate to serve.
+#[derive(Debug, Clone)]
+pub struct PreparedState {
+    pub products: i64,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The generated test CA (None when the config names its own certificate).
+    pub ca_file: Option<PathBuf>,
+}
 
+/// Creates, migrates and (if empty) seeds the database, and generates the test CA and server
+/// certificate when the config names none. Idempotent; `start` does it too.
+pub async fn prepare_state(config: &OriginConfig) -> Result<PreparedState, StartError> {
     let products = db::prepare(&config.database).await?;
-    let database = Database::connect(&config.database, metrics.clone()).await?;
-
-    let (cert, key, ca_file) = match &config.tls.provided {
+    let (cert_file, key_file, ca_file) = match &config.tls.provided {
         Some(provided) => (provided.cert_file.clone(), provided.key_file.clone(), None),
         None => {
             let pki = TestPki::ensure(&config.state_dir.join("tls"))?;
             (pki.server_cert, pki.server_key, Some(pki.ca_cert))
         }
     };
+    Ok(PreparedState {
+        products,
+        cert_file,
+        key_file,
+        ca_file,
+    })
+}
+
+/// Prepares the state (see `prepare_state`), TLS and the listener, then serves.
+pub async fn start(config: OriginConfig) -> Result<RunningOrigin, StartError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+
+    let PreparedState {
+        products,
+        cert_file: cert,
+        key_file: key,
+        ca_file,
+    } = prepare_state(&config).await?;
+    let database = Database::connect(&config.database, metrics.clone()).await?;
     let acceptor = TlsAcceptor::from(server::tls::server_config(&cert, &key, &config.tls)?);
 
     let listener = TcpListener::bind(config.listen)

@@ -29,6 +29,11 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Prepare the state folder (database created, migrated, seeded; test CA generated) and exit.
+    Init {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Validate a config file: prints every problem as `path: problem (hint)`, exits 78 if any.
     Check {
         #[arg(short, long, value_name = "FILE")]
@@ -66,9 +71,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let config_path = match &cli.command {
-        Command::Run { config } | Command::Check { config } | Command::Seed { config, .. } => {
-            config.clone()
-        }
+        Command::Run { config }
+        | Command::Init { config }
+        | Command::Check { config }
+        | Command::Seed { config, .. } => config.clone(),
     };
     let config = match load(&config_path) {
         Ok(config) => config,
@@ -87,6 +93,20 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Run { .. } => runtime().and_then(|rt| rt.block_on(run(config))),
+        Command::Init { .. } => runtime().and_then(|rt| {
+            let state = rt
+                .block_on(origin_service::prepare_state(&config))
+                .context("preparing the state folder failed")?;
+            println!(
+                "{} products in {}",
+                state.products,
+                config.database_path().display()
+            );
+            if let Some(ca) = state.ca_file {
+                println!("test CA: {}", ca.display());
+            }
+            Ok(())
+        }),
         Command::Seed { products, .. } => runtime().and_then(|rt| {
             let n = products.unwrap_or(config.database.seed_products);
             let count = rt

@@ -1,0 +1,211 @@
+//! The serde mirror of `edge.yaml`: every key with its default; unknown keys are errors, and
+//! parse errors carry the key path that caused them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Problem;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub server: ServerFile,
+    pub listen: String,
+    pub admin: AdminFile,
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+    pub routes: Vec<RouteFile>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerFile::default(),
+            listen: "127.0.0.1:8080".into(),
+            admin: AdminFile::default(),
+            upstreams: BTreeMap::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerFile {
+    pub threads: usize,
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    #[serde(with = "humantime_serde")]
+    pub graceful_shutdown_timeout: Duration,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+impl Default for ServerFile {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            grace_period: Duration::from_secs(5),
+            graceful_shutdown_timeout: Duration::from_secs(10),
+            pid_file: "/tmp/edge-proxy.pid".into(),
+            upgrade_sock: "/tmp/edge-proxy-upgrade.sock".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminFile {
+    pub listen: String,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamFile {
+    pub addresses: Vec<String>,
+    pub tls: Option<UpstreamTlsFile>,
+    pub host_header: Option<String>,
+    pub pool_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub tcp_keepalive: Option<TcpKeepaliveFile>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub total_connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl Default for UpstreamFile {
+    fn default() -> Self {
+        Self {
+            addresses: Vec::new(),
+            tls: None,
+            host_header: None,
+            pool_size: 128,
+            idle_timeout: Duration::from_secs(60),
+            tcp_keepalive: Some(TcpKeepaliveFile::default()),
+            connect_timeout: Duration::from_secs(1),
+            total_connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    pub sni: String,
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpKeepaliveFile {
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub count: usize,
+}
+
+impl Default for TcpKeepaliveFile {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            count: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: String,
+    pub path_prefix: String,
+    pub upstream: String,
+}
+
+/// Parses YAML into the mirror; the error names the offending key path.
+pub(super) fn parse(text: &str) -> Result<FileConfig, Problem> {
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de)
+        .map_err(|err| problem_from_serde(&err.path().to_string(), &err.inner().to_string()))
+}
+
+/// Turns a serde message into `path: problem (hint)`; an unknown key is named in the path.
+fn problem_from_serde(path: &str, message: &str) -> Problem {
+    let path = if path == "." { "" } else { path };
+    let message = match message.find("unknown field `") {
+        Some(start) => &message[start..],
+        None => message
+            .strip_prefix(path)
+            .and_then(|m| m.strip_prefix(": "))
+            .unwrap_or(message),
+    };
+    if let Some((key, tail)) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        let full = if path == key || path.ends_with(&format!(".{key}")) || path.is_empty() {
+            if path.is_empty() {
+                key.to_string()
+            } else {
+                path.to_string()
+            }
+        } else {
+            format!("{path}.{key}")
+        };
+        let expected = tail
+            .trim_start_matches(", ")
+            .split(" at line ")
+            .next()
+            .unwrap_or_default();
+        return Problem::new(
+            full,
+            "unknown key",
+            Some(expected).filter(|s| !s.is_empty()),
+        );
+    }
+    let hint = (message.contains("time unit") || message.contains("duration"))
+        .then_some("durations look like 250ms, 5s, 2m, 1h");
+    Problem::new(if path.is_empty() { "<root>" } else { path }, message, hint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named_with_their_full_path() {
+        let p = parse("upstreams:\n  catalog:\n    adresses: []\n").unwrap_err();
+        assert_eq!(p.path, "upstreams.catalog.adresses");
+        assert_eq!(p.problem, "unknown key");
+        assert!(p.hint.unwrap().contains("addresses"));
+        assert_eq!(parse("listn: x\n").unwrap_err().path, "listn");
+    }
+
+    #[test]
+    fn bad_duration_names_its_key() {
+        let p = parse("upstreams:\n  c:\n    read_timeout: soon\n").unwrap_err();
+        assert_eq!(p.path, "upstreams.c.read_timeout");
+        assert!(p.hint.unwrap().contains("250ms"));
+    }
+}

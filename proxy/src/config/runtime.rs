@@ -1,0 +1,56 @@
+//! The compiled configuration the proxy runs with: immutable, shared behind an `Arc`, and the
+//! only source of Pingora's `ServerConf` (Pingora's own YAML loader ignores unknown keys).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::server::configuration::ServerConf;
+
+use crate::routing::Router;
+use crate::upstream::Upstream;
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+#[derive(Debug)]
+pub struct RuntimeConfig {
+    pub server: ServerSettings,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// The one trust store for upstream TLS (shared so that sessions resume).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Pingora keeps one LRU of idle upstream connections: the sum of every `pool_size`.
+    pub keepalive_pool_size: usize,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub router: Router,
+}
+
+impl RuntimeConfig {
+    /// Pingora's server settings, built from ours.
+    pub fn server_conf(&self) -> ServerConf {
+        ServerConf {
+            threads: self.server.threads,
+            grace_period_seconds: Some(self.server.grace_period.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(
+                self.server.graceful_shutdown_timeout.as_secs().max(1),
+            ),
+            pid_file: self.server.pid_file.clone(),
+            upgrade_sock: self.server.upgrade_sock.clone(),
+            upstream_keepalive_pool_size: self.keepalive_pool_size,
+            ca_file: self
+                .upstream_ca_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            ..ServerConf::default()
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Semantic checks on the parsed file. Collects EVERY problem (`path: problem (hint)`), then
+//! compiles the file into a `RuntimeConfig`: resolved paths, parsed addresses, built routes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::file::{FileConfig, UpstreamFile};
+use super::runtime::{RuntimeConfig, ServerSettings};
+use super::Problem;
+use crate::routing::{Route, Router};
+use crate::upstream::{PeerSettings, Upstream};
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, problem: impl Into<String>, hint: Option<&str>) {
+        self.0.push(Problem::new(path, problem, hint));
+    }
+
+    fn positive(&mut self, path: &str, value: Duration) {
+        if value.is_zero() {
+            self.add(path, "must be greater than zero", Some("e.g. 500ms or 5s"));
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
+        match value.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.add(
+                    path,
+                    format!("`{value}` is not a socket address"),
+                    Some("use ip:port, e.g. 127.0.0.1:8443"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// `value` against `base` when relative, with `.` and `..` folded lexically.
+pub(super) fn resolve(base: &Path, value: &str) -> PathBuf {
+    let mut clean = PathBuf::new();
+    for part in base.join(value).components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !clean.pop() {
+                    clean.push(part);
+                }
+            }
+            other => clean.push(other),
+        }
+    }
+    clean
+}
+
+fn upstream(
+    name: &str,
+    file: &UpstreamFile,
+    base: &Path,
+    problems: &mut Problems,
+    ca_files: &mut BTreeSet<PathBuf>,
+) -> Upstream {
+    let at = |key: &str| format!("upstreams.{name}.{key}");
+    if file.addresses.is_empty() {
+        problems.add(
+            at("addresses"),
+            "no addresses",
+            Some("list at least one ip:port, e.g. [127.0.0.1:8443]"),
+        );
+    }
+    let addresses: Vec<SocketAddr> = file
+        .addresses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| problems.socket_addr(&format!("{}[{i}]", at("addresses")), a))
+        .collect();
+    let sni = file.tls.as_ref().map(|tls| {
+        if tls.sni.trim().is_empty() {
+            problems.add(
+                at("tls.sni"),
+                "must not be empty",
+                Some("the name on the origin's certificate, e.g. localhost"),
+            );
+        }
+        if let Some(ca) = &tls.ca_file {
+            let path = resolve(base, ca);
+            if !path.is_file() {
+                problems.add(
+                    at("tls.ca_file"),
+                    format!("file {} does not exist", path.display()),
+                    Some("paths are relative to the config file's folder; start the origin once to generate its CA"),
+                );
+            }
+            ca_files.insert(path);
+        }
+        tls.sni.clone()
+    });
+    if file.pool_size == 0 {
+        problems.add(at("pool_size"), "must be at least 1", None);
+    }
+    problems.positive(&at("idle_timeout"), file.idle_timeout);
+    problems.positive(&at("connect_timeout"), file.connect_timeout);
+    problems.positive(&at("total_connect_timeout"), file.total_connect_timeout);
+    problems.positive(&at("read_timeout"), file.read_timeout);
+    problems.positive(&at("write_timeout"), file.write_timeout);
+    if file.total_connect_timeout < file.connect_timeout {
+        problems.add(
+            at("total_connect_timeout"),
+            "is shorter than connect_timeout",
+            Some("total_connect_timeout covers TCP connect plus the TLS handshake"),
+        );
+    }
+    if let Some(ka) = &file.tcp_keepalive {
+        problems.positive(&at("tcp_keepalive.idle"), ka.idle);
+        problems.positive(&at("tcp_keepalive.interval"), ka.interval);
+        if ka.count == 0 {
+            problems.add(at("tcp_keepalive.count"), "must be at least 1", None);
+        }
+    }
+    Upstream::new(
+        name,
+        addresses,
+        sni,
+        file.host_header.clone(),
+        PeerSettings {
+            idle_timeout: file.idle_timeout,
+            connect_timeout: file.connect_timeout,
+            total_connect_timeout: file.total_connect_timeout,
+            read_timeout: file.read_timeout,
+            write_timeout: file.write_timeout,
+            tcp_keepalive: file
+                .tcp_keepalive
+                .as_ref()
+                .map(|ka| (ka.idle, ka.interval, ka.count)),
+        },
+    )
+}
+
+pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, Vec<Problem>> {
+    let mut problems = Problems::default();
+    let listen = problems.socket_addr("listen", &file.listen);
+    let admin = problems.socket_addr("admin.listen", &file.admin.listen);
+    if let Some(admin) = admin {
+        if !admin.ip().is_loopback() {
+            problems.add(
+                "admin.listen",
+                format!("{admin} is not a loopback address"),
+                Some("the admin listener serves metrics and cache purge: keep it on 127.0.0.1 or ::1"),
+            );
+        }
+    }
+    if file.server.threads == 0 {
+        problems.add(
+            "server.threads",
+            "must be at least 1",
+            Some("one per core is a good start"),
+        );
+    }
+    problems.positive(
+        "server.graceful_shutdown_timeout",
+        file.server.graceful_shutdown_timeout,
+    );
+
+    let mut ca_files = BTreeSet::new();
+    let upstreams: HashMap<String, Arc<Upstream>> = file
+        .upstreams
+        .iter()
+        .map(|(name, u)| {
+            let built = upstream(name, u, base, &mut problems, &mut ca_files);
+            (name.clone(), Arc::new(built))
+        })
+        .collect();
+    if ca_files.len() > 1 {
+        problems.add(
+            "upstreams",
+            format!("{} different tls.ca_file values", ca_files.len()),
+            Some("upstream TLS sessions resume only through one shared trust store: put every CA in one bundle file and name it in each upstream"),
+        );
+    }
+
+    if file.routes.is_empty() {
+        problems.add(
+            "routes",
+            "no routes",
+            Some("add at least one { name, path_prefix, upstream }"),
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut routes = Vec::new();
+    for (i, route) in file.routes.iter().enumerate() {
+        let at = |key: &str| format!("routes[{i}].{key}");
+        if !names.insert(route.name.as_str()) {
+            problems.add(
+                at("name"),
+                format!("duplicate route name `{}`", route.name),
+                None,
+            );
+        }
+        if !route.path_prefix.starts_with('/') {
+            problems.add(
+                at("path_prefix"),
+                format!("`{}` does not start with /", route.path_prefix),
+                Some("e.g. /api/"),
+            );
+        }
+        match upstreams.get(&route.upstream) {
+            Some(upstream) => routes.push(Route {
+                name: route.name.clone(),
+                path_prefix: route.path_prefix.clone(),
+                upstream: upstream.clone(),
+            }),
+            None => {
+                let known: Vec<&str> = file.upstreams.keys().map(String::as_str).collect();
+                problems.add(
+                    at("upstream"),
+                    format!("unknown upstream `{}`", route.upstream),
+                    Some(&format!("defined upstreams: {}", known.join(", "))),
+                );
+            }
+        }
+    }
+
+    match (listen, admin, problems.0.is_empty()) {
+        (Some(listen), Some(admin_listen), true) => Ok(RuntimeConfig {
+            server: ServerSettings {
+                threads: file.server.threads,
+                grace_period: file.server.grace_period,
+                graceful_shutdown_timeout: file.server.graceful_shutdown_timeout,
+                pid_file: file.server.pid_file.clone(),
+                upgrade_sock: file.server.upgrade_sock.clone(),
+            },
+            listen,
+            admin_listen,
+            upstream_ca_file: ca_files.into_iter().next(),
+            keepalive_pool_size: file.upstreams.values().map(|u| u.pool_size).sum(),
+            upstreams,
+            router: Router::new(routes),
+        }),
+        _ => Err(problems.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        super::super::from_yaml(yaml, Path::new("/etc/edge"))
+            .unwrap_err()
+            .problems()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    const GOOD: &str = "upstreams:\n  catalog:\n    addresses: [127.0.0.1:8443]\nroutes:\n  - { name: catalog, path_prefix: /api/, upstream: catalog }\n";
+
+    #[test]
+    fn a_minimal_config_compiles() {
+        let cfg = super::super::from_yaml(GOOD, Path::new("/etc/edge")).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.keepalive_pool_size, 128);
+        assert!(cfg.router.route("/api/v1/products").is_some());
+    }
+
+    #[test]
+    fn every_bad_config_case_names_its_key() {
+        let found = problems(
+            "listen: localhost\n\
+             admin: { listen: 0.0.0.0:9090 }\n\
+             upstreams:\n  catalog:\n    addresses: [127.0.0.1]\n    connect_timeout: 0s\n    tls: { sni: localhost, ca_file: missing-ca.pem }\n\
+             routes:\n  - { name: catalog, path_prefix: /api/, upstream: catlog }\n",
+        );
+        let expect = [
+            "listen: `localhost` is not a socket address",
+            "admin.listen: 0.0.0.0:9090 is not a loopback address",
+            "upstreams.catalog.addresses[0]: `127.0.0.1` is not a socket address",
+            "upstreams.catalog.tls.ca_file: file /etc/edge/missing-ca.pem does not exist",
+            "upstreams.catalog.connect_timeout: must be greater than zero",
+            "routes[0].upstream: unknown upstream `catlog` (defined upstreams: catalog)",
+        ];
+        assert_eq!(found.len(), expect.len(), "{found:#?}");
+        for e in expect {
+            assert!(
+                found.iter().any(|f| f.starts_with(e)),
+                "missing {e:?} in {found:#?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Per-request state carried through the Pingora phases.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::routing::Route;
+
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    pub route: Option<Arc<Route>>,
+    /// Whether the upstream connection came from the pool (set once connected).
+    pub reused: Option<bool>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        Self {
+            request_id: String::new(),
+            started: Instant::now(),
+            route: None,
+            reused: None,
+        }
+    }
+
+    pub fn route_label(&self) -> &str {
+        self.route.as_ref().map_or("none", |r| r.name.as_str())
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,257 @@
+//! `EdgeProxy`: Pingora's `ProxyHttp`, one short method per phase, each delegating to the module
+//! that owns the concern (routing, upstream, hygiene, errors, metrics).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+use crate::config::RuntimeConfig;
+use crate::ctx::RequestCtx;
+use crate::errors;
+use crate::hygiene;
+use crate::metrics::Metrics;
+
+#[derive(Debug)]
+pub struct EdgeProxy {
+    config: Arc<RuntimeConfig>,
+    metrics: Arc<Metrics>,
+}
+
+impl EdgeProxy {
+    pub fn new(config: Arc<RuntimeConfig>, metrics: Arc<Metrics>) -> Self {
+        Self { config, metrics }
+    }
+}
+
+fn client_ip(session: &Session) -> Option<String> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+}
+
+async fn respond_json(session: &mut Session, status: u16, code: &str, message: &str) -> Result<()> {
+    let (header, body) = errors::json_error(status, code, message)?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    /// Request id and route, before anything else looks at the request.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.metrics.in_flight.inc();
+        let header = session.req_header();
+        ctx.request_id =
+            hygiene::request_id(header.headers.get("x-request-id").map(|v| v.as_bytes()));
+        ctx.route = self.config.router.route(header.uri.path()).cloned();
+        Ok(())
+    }
+
+    /// No route: answer 404 here; nothing goes upstream.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if ctx.route.is_some() {
+            return Ok(false);
+        }
+        let path = session.req_header().uri.path().to_string();
+        respond_json(
+            session,
+            404,
+            "no_route",
+            &format!("no route matches {path}"),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route at upstream_peer"))?;
+        let peer = route
+            .upstream
+            .peer()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "upstream has no addresses"))?;
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.reused = Some(reused);
+        if let Some(route) = &ctx.route {
+            self.metrics
+                .upstream_connections
+                .with_label_values(&[
+                    route.upstream.name.as_str(),
+                    if reused { "true" } else { "false" },
+                ])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Host, X-Forwarded-*, traceparent, request id; hop-by-hop headers removed.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        for name in hygiene::hop_by_hop_names(&upstream_request.headers) {
+            upstream_request.remove_header(&name);
+        }
+        let client = client_ip(session).unwrap_or_default();
+        let xff = hygiene::forwarded_for(
+            upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok()),
+            &client,
+        );
+        upstream_request.insert_header("x-forwarded-for", xff)?;
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        if let Some(host) = upstream_request.headers.get(http::header::HOST).cloned() {
+            upstream_request.insert_header("x-forwarded-host", host)?;
+        }
+        let incoming = upstream_request
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok());
+        let traceparent = hygiene::traceparent(incoming);
+        upstream_request.insert_header("traceparent", traceparent)?;
+        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(host) = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.upstream.host_header.as_deref())
+        {
+            upstream_request.insert_header(http::header::HOST, host)?;
+        }
+        Ok(())
+    }
+
+    /// Hop-by-hop headers from the upstream never reach the client; the request id does.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        for name in hygiene::hop_by_hop_names(&response.headers) {
+            response.remove_header(&name);
+        }
+        response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    /// A failed attempt: a JSON body that names the upstream and what went wrong.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = errors::status_for(e);
+        let upstream = ctx.route.as_ref().map_or("-", |r| r.upstream.name.as_str());
+        let (code, message) = if errors::is_upstream(e) {
+            let kind = errors::upstream_kind(e);
+            (
+                kind,
+                format!(
+                    "upstream `{upstream}` failed: {kind} ({})",
+                    e.etype().as_str()
+                ),
+            )
+        } else {
+            (
+                "proxy_error",
+                format!("the request could not be proxied: {}", e.etype().as_str()),
+            )
+        };
+        let sent = match errors::json_error(status, code, &message) {
+            Ok((header, body)) => {
+                session
+                    .as_downstream_mut()
+                    .write_error_response(header, body)
+                    .await
+            }
+            Err(_) => session.respond_error(status).await,
+        };
+        if let Err(err) = sent {
+            tracing::debug!(%err, "could not send the error response");
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Metrics and the access log line; upstream errors counted by kind.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.metrics.in_flight.dec();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route_label().to_string();
+        let elapsed = ctx.started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[route.as_str(), status.to_string().as_str()])
+            .inc();
+        self.metrics
+            .request_seconds
+            .with_label_values(&[route.as_str()])
+            .observe(elapsed.as_secs_f64());
+        let upstream = ctx.route.as_ref().map(|r| r.upstream.name.clone());
+        if let (Some(error), Some(upstream)) = (e, upstream.as_deref()) {
+            if errors::is_upstream(error) {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[upstream, errors::upstream_kind(error)])
+                    .inc();
+            }
+        }
+        let request = session.req_header();
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            client = %client_ip(session).unwrap_or_default(),
+            method = %request.method,
+            path = %request.uri,
+            status,
+            route = %route,
+            upstream = upstream.as_deref().unwrap_or("-"),
+            reused = ?ctx.reused,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
+        );
+    }
+}

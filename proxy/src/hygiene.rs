@@ -1,0 +1,152 @@
+//! Request hygiene at the proxy boundary: request ids, W3C `traceparent` (created or
+//! propagated with a new parent id), `X-Forwarded-*`, and hop-by-hop header removal.
+
+use http::header::{HeaderMap, HeaderName, CONNECTION};
+use rand::Rng;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy. `Transfer-Encoding` is left
+/// to Pingora, which owns message framing on each side.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// The headers to strip: the fixed list plus every header the `Connection` header names.
+pub fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = HOP_BY_HOP
+        .iter()
+        .map(|n| HeaderName::from_static(n))
+        .collect();
+    for value in headers.get_all(CONNECTION) {
+        if let Ok(list) = value.to_str() {
+            names.extend(
+                list.split(',')
+                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+            );
+        }
+    }
+    names
+}
+
+/// Keeps a well-formed client request id (1-64 of `[A-Za-z0-9._-]`), else makes a new one.
+pub fn request_id(incoming: Option<&[u8]>) -> String {
+    match incoming {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b)) =>
+        {
+            String::from_utf8_lossy(id).into_owned()
+        }
+        _ => format!("{:032x}", rand::thread_rng().gen::<u128>()),
+    }
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A `traceparent` for the upstream request: the client's trace id and flags with a new parent
+/// id for this hop, or a new trace when the client sent none (or an invalid one).
+pub fn traceparent(incoming: Option<&str>) -> String {
+    let mut rng = rand::thread_rng();
+    let span: u64 = rng.gen_range(1..=u64::MAX);
+    if let Some(value) = incoming {
+        let parts: Vec<&str> = value.trim().split('-').collect();
+        if let [version, trace, parent, flags, ..] = parts[..] {
+            let valid = is_hex(version, 2)
+                && version != "ff"
+                && (version != "00" || parts.len() == 4)
+                && is_hex(trace, 32)
+                && trace.bytes().any(|b| b != b'0')
+                && is_hex(parent, 16)
+                && parent.bytes().any(|b| b != b'0')
+                && is_hex(flags, 2);
+            if valid {
+                return format!("00-{trace}-{span:016x}-{flags}");
+            }
+        }
+    }
+    let trace: u128 = rng.gen_range(1..=u128::MAX);
+    format!("00-{trace:032x}-{span:016x}-00")
+}
+
+/// `X-Forwarded-For` with the client appended to what earlier proxies recorded.
+pub fn forwarded_for(existing: Option<&str>, client: &str) -> String {
+    match existing.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(chain) => format!("{chain}, {client}"),
+        None => client.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn traceparent_propagates_the_trace_and_replaces_the_parent() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let out = traceparent(Some(incoming));
+        let parts: Vec<&str> = out.split('-').collect();
+        assert_eq!(parts[0], "00");
+        assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(parts[2], "00f067aa0ba902b7");
+        assert!(is_hex(parts[2], 16));
+        assert_eq!(parts[3], "01");
+    }
+
+    #[test]
+    fn invalid_or_missing_traceparent_starts_a_new_trace() {
+        for bad in [
+            None,
+            Some("garbage"),
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            Some("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ] {
+            let out = traceparent(bad);
+            let parts: Vec<&str> = out.split('-').collect();
+            assert_eq!(parts.len(), 4, "{out}");
+            assert!(is_hex(parts[1], 32) && is_hex(parts[2], 16), "{out}");
+            assert_ne!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_well_formed() {
+        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
+        assert_eq!(request_id(Some(b"bad id\n")).len(), 32);
+        assert_eq!(request_id(None).len(), 32);
+        assert_ne!(request_id(None), request_id(None));
+    }
+
+    #[test]
+    fn connection_listed_headers_are_hop_by_hop_too() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        let names = hop_by_hop_names(&h);
+        assert!(names.iter().any(|n| n == "x-secret-hop"));
+        assert!(names.iter().any(|n| n == "upgrade"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        assert_eq!(forwarded_for(None, "10.0.0.1"), "10.0.0.1");
+        assert_eq!(
+            forwarded_for(Some("1.2.3.4"), "10.0.0.1"),
+            "1.2.3.4, 10.0.0.1"
+        );
+    }
+}

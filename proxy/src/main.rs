@@ -1,0 +1,109 @@
+//! `edge-proxy` CLI: `run -c FILE [--upgrade]`, `check -c FILE` (exit 78 when invalid),
+//! `print-default-config`. Thin: all behaviour lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use edge_proxy::config::{self, ConfigError, RuntimeConfig};
+use edge_proxy::metrics::Metrics;
+use pingora::server::RunArgs;
+
+/// sysexits.h EX_CONFIG: the configuration is invalid.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-proxy",
+    version,
+    about = "Pingora edge proxy for the product catalog"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve until SIGTERM (graceful), SIGINT (fast) or SIGQUIT (hand sockets to an --upgrade process).
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Take the listening sockets over from the running instance (graceful upgrade).
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Validate a config file; prints every problem as `path: problem (hint)` and exits 78 if any.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print the documented default configuration.
+    PrintDefaultConfig,
+}
+
+fn load(path: &Path) -> Result<RuntimeConfig, ExitCode> {
+    config::load(path).map_err(|err| {
+        match &err {
+            ConfigError::Invalid(problems) => {
+                eprintln!("{}: {} problem(s):", path.display(), problems.len());
+                for problem in problems {
+                    eprintln!("  {problem}");
+                }
+            }
+            ConfigError::Read { .. } => eprintln!("{err}"),
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::PrintDefaultConfig => {
+            print!("{}", config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => match load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok (listen {}, admin {}, {} upstream(s), {} route(s))",
+                    config.display(),
+                    cfg.listen,
+                    cfg.admin_listen,
+                    cfg.upstreams.len(),
+                    cfg.router.routes().count()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config, upgrade } => match load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "edge-proxy listening on http://{} (admin http://{})",
+                    cfg.listen, cfg.admin_listen
+                );
+                let draining = Arc::new(AtomicBool::new(false));
+                let server = edge_proxy::build_server(
+                    Arc::new(cfg),
+                    Arc::new(Metrics::new()),
+                    draining.clone(),
+                    upgrade,
+                );
+                let signals = edge_proxy::StopSignals::new(None, true, draining);
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(signals),
+                });
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+    }
+}

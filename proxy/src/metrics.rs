@@ -1,0 +1,102 @@
+//! Every metric the proxy exports, defined in one place, in a per-instance registry (several
+//! proxies can run in one test process) rendered by the admin listener's `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route and status (`route="none"` when nothing matched).
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    pub in_flight: IntGauge,
+    /// Upstream connections used, by upstream and whether a pooled one was reused.
+    pub upstream_connections: IntCounterVec,
+    /// Upstream failures by upstream and kind (connect_refused, connect_timeout, tls, ...).
+    pub upstream_errors: IntCounterVec,
+}
+
+/// Static metric definitions are startup invariants: a bad one fails every test run at once.
+#[allow(clippy::expect_used)]
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique and valid");
+    metric
+}
+
+#[allow(clippy::expect_used)]
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition")
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Self {
+            requests: register(
+                &r,
+                counter_vec(
+                    "edge_requests_total",
+                    "Downstream requests by route and status.",
+                    &["route", "status"],
+                ),
+            ),
+            request_seconds: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "edge_request_duration_seconds",
+                        "Time from request to response end, by route.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["route"],
+                )
+                .expect("valid histogram definition"),
+            ),
+            in_flight: register(
+                &r,
+                IntGauge::new("edge_requests_in_flight", "Requests being handled now.")
+                    .expect("valid gauge definition"),
+            ),
+            upstream_connections: register(
+                &r,
+                counter_vec(
+                    "edge_upstream_connections_total",
+                    "Upstream connections used per request, by upstream and reuse of a pooled one.",
+                    &["upstream", "reused"],
+                ),
+            ),
+            upstream_errors: register(
+                &r,
+                counter_vec(
+                    "edge_upstream_errors_total",
+                    "Upstream failures by upstream and kind.",
+                    &["upstream", "kind"],
+                ),
+            ),
+            registry: r,
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(%err, "metrics encoding failed");
+        }
+        out
+    }
+}

@@ -1,0 +1,60 @@
+//! The `edge-proxy` binary: `check` and `print-default-config`.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edge-proxy"))
+}
+
+#[test]
+fn invalid_config_lists_every_problem_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.yaml");
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:80800\n\
+         upstreams:\n  catalog:\n    addresses: [127.0.0.1:8443]\n    read_timeout: 0s\n    tls: { sni: localhost, ca_file: nope.pem }\n\
+         routes:\n  - { name: catalog, path_prefix: api, upstream: origin }\n",
+    )
+    .unwrap();
+    let out = bin().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "5 problem(s)",
+        "listen: `127.0.0.1:80800` is not a socket address",
+        "upstreams.catalog.tls.ca_file: file ",
+        "upstreams.catalog.read_timeout: must be greater than zero",
+        "routes[0].path_prefix: `api` does not start with /",
+        "routes[0].upstream: unknown upstream `origin` (defined upstreams: catalog)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in\n{stderr}"
+        );
+    }
+
+    std::fs::write(&path, "upstreams:\n  catalog:\n    pool: 3\n").unwrap();
+    let out = bin().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstreams.catalog.pool: unknown key"));
+
+    std::fs::write(
+        &path,
+        "upstreams:\n  catalog:\n    connect_timeout: 5 fortnights\n",
+    )
+    .unwrap();
+    let out = bin().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstreams.catalog.connect_timeout:"));
+}
+
+#[test]
+fn print_default_config_is_the_shipped_file() {
+    let out = bin().arg("print-default-config").output().unwrap();
+    assert!(out.status.success());
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/edge.yaml"))
+            .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), shipped);
+}

@@ -1,0 +1,220 @@
+//! Test rig: origin, echo upstream, proxy, clients and metric readers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edge_proxy::RunningProxy;
+use origin_service::config::OriginConfig;
+use origin_service::RunningOrigin;
+
+/// A port nothing listens on right now (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Origin {
+    pub origin: RunningOrigin,
+    pub ca: PathBuf,
+    pub https: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Origin {
+    pub async fn start(products: u32, http_yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("origin.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:0\nstate_dir: state\nhttp: {{ shutdown_grace: 1s {http_yaml} }}\n\
+                 database: {{ seed_products: {products}, pool: {{ max_connections: 4, min_idle: 1 }} }}\n"
+            ),
+        )
+        .unwrap();
+        let origin = origin_service::start(OriginConfig::load(&path).unwrap())
+            .await
+            .unwrap();
+        let ca = origin.ca_file().unwrap().to_path_buf();
+        let https = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap(),
+            )
+            .no_proxy()
+            .build()
+            .unwrap();
+        Self {
+            origin,
+            ca,
+            https,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "https://127.0.0.1:{}{path}",
+            self.origin.local_addr().port()
+        )
+    }
+
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .https
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        read_metric(&text, series)
+    }
+}
+
+pub fn read_metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+/// A plain-HTTP upstream answering every request with its method, path and headers as JSON.
+pub async fn start_echo() -> SocketAddr {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let headers: serde_json::Map<String, serde_json::Value> = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                        .collect();
+                    let body = serde_json::json!({
+                        "method": req.method().as_str(),
+                        "path": req.uri().to_string(),
+                        "headers": headers,
+                    });
+                    let mut response = http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(body.to_string()),
+                    ));
+                    response
+                        .headers_mut()
+                        .insert("connection", "keep-alive, x-upstream-hop".parse().unwrap());
+                    response
+                        .headers_mut()
+                        .insert("x-upstream-hop", "secret".parse().unwrap());
+                    response
+                        .headers_mut()
+                        .insert("keep-alive", "timeout=5".parse().unwrap());
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+pub struct Proxy {
+    pub proxy: Option<RunningProxy>,
+    pub http: reqwest::Client,
+    pub base: String,
+    pub admin: String,
+    _dir: tempfile::TempDir,
+}
+
+/// `upstreams` is the YAML body of the `upstreams:` mapping; routes as `- {...}` lines.
+pub fn proxy_yaml(dir: &Path, upstreams: &str, routes: &str) -> String {
+    format!(
+        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 2s, pid_file: {pid}, upgrade_sock: {sock} }}\n\
+         listen: 127.0.0.1:{listen}\n\
+         admin: {{ listen: 127.0.0.1:{admin} }}\n\
+         upstreams:\n{upstreams}\n\
+         routes:\n{routes}\n",
+        pid = dir.join("edge.pid").display(),
+        sock = dir.join("upgrade.sock").display(),
+        listen = free_port(),
+        admin = free_port(),
+    )
+}
+
+/// The catalog upstream pointing at `addr` over TLS, trusting `ca`.
+pub fn catalog_upstream(addr: SocketAddr, ca: &Path, extra: &str) -> String {
+    format!(
+        "  catalog:\n    addresses: [{addr}]\n    tls: {{ sni: localhost, ca_file: {} }}\n{extra}",
+        ca.display()
+    )
+}
+
+impl Proxy {
+    pub fn start(build_yaml: impl FnOnce(&Path) -> String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = build_yaml(dir.path());
+        let config = edge_proxy::config::from_yaml(&yaml, dir.path()).unwrap();
+        let proxy = RunningProxy::start(config).unwrap();
+        let base = format!("http://{}", proxy.listen);
+        let admin = format!("http://{}", proxy.admin);
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        Self {
+            proxy: Some(proxy),
+            http,
+            base,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        read_metric(&text, series)
+    }
+
+    /// Stops the proxy without blocking the async runtime.
+    pub async fn stop(mut self) {
+        if let Some(proxy) = self.proxy.take() {
+            tokio::task::spawn_blocking(move || proxy.stop())
+                .await
+                .unwrap();
+        }
+    }
+}

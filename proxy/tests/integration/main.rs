@@ -1,0 +1,12 @@
+//! Integration tests: a real origin (SQLite, HTTPS with its generated CA) and a real Pingora
+//! proxy in-process on ephemeral loopback ports; plus a plain-HTTP echo upstream that shows
+//! exactly which headers cross the proxy.
+
+// Test helpers panic on failure by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod common;
+mod hygiene;
+mod proxying;
+mod transport;

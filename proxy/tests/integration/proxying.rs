@@ -1,0 +1,161 @@
+//! Proxying the catalog: identical bytes, 404 without a route, 502 when the origin is down,
+//! the admin endpoints.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{catalog_upstream, free_port, proxy_yaml, Origin, Proxy};
+
+const CATALOG_ROUTE: &str = "  - { name: catalog, path_prefix: /api/, upstream: catalog }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxied_listing_is_identical_to_direct() {
+    let o = Origin::start(2_000, "").await;
+    let addr = o.origin.local_addr();
+    let p = Proxy::start(|dir| proxy_yaml(dir, &catalog_upstream(addr, &o.ca, ""), CATALOG_ROUTE));
+    for path in [
+        "/api/v1/products?category=polo&limit=5",
+        "/api/v1/products?category=linen&limit=50",
+        "/api/v1/products/42",
+        "/api/v1/categories",
+    ] {
+        let direct = o.https.get(o.url(path)).send().await.unwrap();
+        let proxied = p.get(path).await;
+        assert_eq!(proxied.status(), direct.status(), "{path}");
+        for header in ["etag", "cache-control", "vary", "content-type"] {
+            assert_eq!(
+                proxied.headers()[header],
+                direct.headers()[header],
+                "{path} {header}"
+            );
+        }
+        assert!(proxied.headers().contains_key("x-request-id"));
+        assert_eq!(
+            proxied.bytes().await.unwrap(),
+            direct.bytes().await.unwrap(),
+            "{path}"
+        );
+    }
+    // Conditional requests pass through too.
+    let etag = p.get("/api/v1/products/42").await.headers()["etag"].clone();
+    let revalidated = p
+        .http
+        .get(p.url("/api/v1/products/42"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
+    assert!(
+        p.metric(r#"edge_requests_total{route="catalog",status="200"}"#)
+            .await
+            >= 5.0
+    );
+    assert_eq!(
+        p.metric(r#"edge_requests_total{route="catalog",status="304"}"#)
+            .await,
+        1.0
+    );
+    assert!(
+        p.metric(r#"edge_request_duration_seconds_count{route="catalog"}"#)
+            .await
+            >= 6.0
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrouted_paths_get_a_json_404_from_the_proxy() {
+    let o = Origin::start(200, "").await;
+    let addr = o.origin.local_addr();
+    let p = Proxy::start(|dir| proxy_yaml(dir, &catalog_upstream(addr, &o.ca, ""), CATALOG_ROUTE));
+    let response = p.get("/nothing/here").await;
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_route");
+    assert_eq!(
+        p.metric(r#"edge_requests_total{route="none",status="404"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        o.metric(r#"origin_http_requests_total{route="unknown",status="404"}"#)
+            .await,
+        0.0
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_down_gives_502_with_a_clear_body_within_the_connect_timeout() {
+    let dead = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // A live origin only for its CA; the upstream points at a port nobody listens on.
+    let o = Origin::start(50, "").await;
+    let ca = o.ca.clone();
+    let p = Proxy::start(|dir| {
+        proxy_yaml(
+            dir,
+            &catalog_upstream(
+                dead,
+                &ca,
+                "    connect_timeout: 1s\n    total_connect_timeout: 2s\n",
+            ),
+            CATALOG_ROUTE,
+        )
+    });
+    let started = Instant::now();
+    let response = p.get("/api/v1/products?category=polo").await;
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "connect_refused");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("upstream `catalog`"), "{message}");
+    assert!(waited < Duration::from_secs(2), "took {waited:?}");
+    assert_eq!(
+        p.metric(r#"edge_upstream_errors_total{kind="connect_refused",upstream="catalog"}"#)
+            .await,
+        1.0
+    );
+    // The proxy itself is fine.
+    let health = p
+        .http
+        .get(format!("{}/healthz", p.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints() {
+    let o = Origin::start(50, "").await;
+    let addr = o.origin.local_addr();
+    let p = Proxy::start(|dir| proxy_yaml(dir, &catalog_upstream(addr, &o.ca, ""), CATALOG_ROUTE));
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/metrics", 200),
+        ("/nope", 404),
+    ] {
+        let r = p
+            .http
+            .get(format!("{}{path}", p.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+    }
+    let text = p
+        .http
+        .get(format!("{}/metrics", p.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("edge_requests_in_flight"));
+    p.stop().await;
+}
