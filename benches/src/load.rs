@@ -26,7 +26,8 @@ pub struct LoadSpec {
     pub connections: usize,
     pub warmup: Duration,
     pub duration: Duration,
-    pub tls: Arc<ClientConfig>,
+    /// `None` speaks plain HTTP.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 /// What one load run measured.
@@ -70,7 +71,14 @@ type Sender = http1::SendRequest<Empty<Bytes>>;
 async fn connect(spec: &LoadSpec) -> anyhow::Result<Sender> {
     let tcp = TcpStream::connect(spec.addr).await?;
     tcp.set_nodelay(true)?;
-    let tls = TlsConnector::from(spec.tls.clone())
+    let Some(tls) = &spec.tls else {
+        let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        return Ok(sender);
+    };
+    let tls = TlsConnector::from(tls.clone())
         .connect(spec.server_name.clone(), tcp)
         .await?;
     let (sender, connection) = http1::handshake(TokioIo::new(tls)).await?;

@@ -86,7 +86,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         connections: args.connections,
         warmup: Duration::from_secs(args.warmup),
         duration: Duration::from_secs(args.seconds),
-        tls: client_tls.clone(),
+        tls: Some(client_tls.clone()),
     };
 
     // The trivial handler: the origin's exact bytes and headers, from memory.

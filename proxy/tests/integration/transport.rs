@@ -58,7 +58,10 @@ async fn sustained_load_reuses_upstream_connections() {
         "origin accepted {origin_during} (one is our /metrics reader)"
     );
     let reused_total = p.metric(reused).await;
-    assert!(reused_total >= 2_200.0 - 20.0, "only {reused_total} reused of 2200 (new {new_before}+{new_during})");
+    assert!(
+        reused_total >= 2_200.0 - 20.0,
+        "only {reused_total} reused of 2200 (new {new_before}+{new_during})"
+    );
     Arc::try_unwrap(p).ok().unwrap().stop().await;
 }
 

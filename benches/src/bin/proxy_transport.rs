@@ -1,0 +1,160 @@
+//! The classic upstream transport ablation, side by side in one run, through the real proxy:
+//!   (1) no pooling: the origin closes every connection, so each request is a new TCP
+//!       connection and a full TLS handshake;
+//!   (2) pooling, TLS resumption defeated: connections are reused, the origin recycles them every
+//!       `--recycle` requests (nginx's classic keepalive_requests), and refuses to resume;
+//!   (3) pooling + resumption: the same recycling, but new connections resume their session.
+//! Clients reach the proxy over plain keep-alive HTTP; the request is a product detail that the
+//! origin serves from its item cache, so the transport dominates.
+//!
+//! `cargo run --release -p edge-benches --bin proxy-transport -- --help`
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use edge_benches::load::{self, LoadSpec};
+use edge_benches::report::{self, Series};
+use edge_proxy::RunningProxy;
+use origin_service::config::OriginConfig;
+use origin_service::RunningOrigin;
+use rustls_pki_types::ServerName;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Requests per upstream connection before the origin closes it, in (2) and (3).
+    #[arg(long, default_value_t = 100)]
+    recycle: u64,
+    #[arg(long, default_value = "/api/v1/products/42")]
+    path: String,
+}
+
+struct Variant {
+    name: &'static str,
+    origin: RunningOrigin,
+    proxy: RunningProxy,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn variant(
+    name: &'static str,
+    max_requests: u64,
+    resumption: bool,
+) -> anyhow::Result<Variant> {
+    let dir = tempfile::tempdir()?;
+    let origin_yaml = dir.path().join("origin.yaml");
+    std::fs::write(
+        &origin_yaml,
+        format!(
+            "listen: 127.0.0.1:0\nstate_dir: state\n\
+             http: {{ max_requests_per_connection: {max_requests} }}\n\
+             tls: {{ session_tickets: {resumption}, session_cache_entries: {cache} }}\n\
+             database: {{ seed_products: 500 }}\n",
+            cache = if resumption { 1024 } else { 0 }
+        ),
+    )?;
+    let config = OriginConfig::load(&origin_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let origin = origin_service::start(config).await?;
+    let ca = origin.ca_file().context("no CA")?.to_path_buf();
+    let proxy = start_proxy(dir.path(), origin.local_addr(), &ca)?;
+    Ok(Variant {
+        name,
+        origin,
+        proxy,
+        _dir: dir,
+    })
+}
+
+fn start_proxy(
+    dir: &Path,
+    origin: std::net::SocketAddr,
+    ca: &Path,
+) -> anyhow::Result<RunningProxy> {
+    let yaml = format!(
+        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, pid_file: {pid}, upgrade_sock: {sock} }}\n\
+         listen: 127.0.0.1:{listen}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n\
+         upstreams:\n  catalog:\n    addresses: [{origin}]\n    tls: {{ sni: localhost, ca_file: {ca} }}\n\
+         routes:\n  - {{ name: catalog, path_prefix: /api/, upstream: catalog }}\n",
+        pid = dir.join("edge.pid").display(),
+        sock = dir.join("upgrade.sock").display(),
+        listen = free_port()?,
+        admin = free_port()?,
+        ca = ca.display(),
+    );
+    let config = edge_proxy::config::from_yaml(&yaml, dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(RunningProxy::start(config)?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench(args))
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    let variants = vec![
+        variant("(1) no pooling, full TLS", 1, false).await?,
+        variant("(2) pooling, no resumption", args.recycle, false).await?,
+        variant("(3) pooling + resumption", args.recycle, true).await?,
+    ];
+    let server_name = ServerName::try_from("localhost")?;
+    let spec = |v: &Variant| LoadSpec {
+        addr: v.proxy.listen,
+        server_name: server_name.clone(),
+        path_and_query: args.path.clone(),
+        connections: args.connections,
+        warmup: Duration::from_secs(args.warmup),
+        duration: Duration::from_secs(args.seconds),
+        tls: None,
+    };
+    for v in &variants {
+        load::fetch_once(&spec(v))
+            .await
+            .with_context(|| format!("{} does not answer", v.name))?;
+    }
+    println!(
+        "upstream transport ablation: `{}` through the proxy, {} client connections, {}s measured after {}s warm-up, {} rounds, origin recycles every {} requests in (2)/(3)\n",
+        args.path, args.connections, args.seconds, args.warmup, args.rounds, args.recycle
+    );
+    println!("{}", report::header());
+    let mut series: Vec<Series> = variants.iter().map(|v| Series::new(v.name)).collect();
+    for round in 1..=args.rounds {
+        for (v, s) in variants.iter().zip(series.iter_mut()) {
+            let result = load::run(spec(v)).await?;
+            println!("{}", report::row(&s.name, round, &result));
+            s.rounds.push(result);
+        }
+    }
+    println!("{}", report::summary(&series, &series[0]));
+    for v in &variants {
+        let m = v.origin.metrics();
+        println!(
+            "{}: origin saw {} full and {} resumed TLS handshakes",
+            v.name,
+            m.tls_handshakes.with_label_values(&["full"]).get(),
+            m.tls_handshakes.with_label_values(&["resumed"]).get()
+        );
+    }
+    for v in variants {
+        tokio::task::spawn_blocking(move || v.proxy.stop()).await?;
+        v.origin.stop().await;
+    }
+    Ok(())
+}
