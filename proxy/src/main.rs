@@ -87,8 +87,10 @@ fn main() -> ExitCode {
         Command::Run { config, upgrade } => match load(&config) {
             Ok(cfg) => {
                 println!(
-                    "edge-proxy listening on http://{} (admin http://{})",
-                    cfg.listen, cfg.admin_listen
+                    "edge-proxy (pid {}) listening on http://{} (admin http://{})",
+                    std::process::id(),
+                    cfg.listen,
+                    cfg.admin_listen
                 );
                 let draining = Arc::new(AtomicBool::new(false));
                 let server = edge_proxy::build_server(

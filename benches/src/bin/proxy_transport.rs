@@ -86,11 +86,10 @@ fn start_proxy(
     ca: &Path,
 ) -> anyhow::Result<RunningProxy> {
     let yaml = format!(
-        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, pid_file: {pid}, upgrade_sock: {sock} }}\n\
+        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, upgrade_sock: {sock} }}\n\
          listen: 127.0.0.1:{listen}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n\
          upstreams:\n  catalog:\n    addresses: [{origin}]\n    tls: {{ sni: localhost, ca_file: {ca} }}\n\
          routes:\n  - {{ name: catalog, path_prefix: /api/, upstream: catalog }}\n",
-        pid = dir.join("edge.pid").display(),
         sock = dir.join("upgrade.sock").display(),
         listen = free_port()?,
         admin = free_port()?,

@@ -38,7 +38,6 @@ pub struct ServerFile {
     pub grace_period: Duration,
     #[serde(with = "humantime_serde")]
     pub graceful_shutdown_timeout: Duration,
-    pub pid_file: String,
     pub upgrade_sock: String,
 }
 
@@ -48,7 +47,6 @@ impl Default for ServerFile {
             threads: 2,
             grace_period: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(10),
-            pid_file: "/tmp/edge-proxy.pid".into(),
             upgrade_sock: "/tmp/edge-proxy-upgrade.sock".into(),
         }
     }

@@ -17,7 +17,6 @@ pub struct ServerSettings {
     pub threads: usize,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
-    pub pid_file: String,
     pub upgrade_sock: String,
 }
 
@@ -43,7 +42,6 @@ impl RuntimeConfig {
             graceful_shutdown_timeout_seconds: Some(
                 self.server.graceful_shutdown_timeout.as_secs().max(1),
             ),
-            pid_file: self.server.pid_file.clone(),
             upgrade_sock: self.server.upgrade_sock.clone(),
             upstream_keepalive_pool_size: self.keepalive_pool_size,
             ca_file: self

@@ -26,17 +26,19 @@ pub struct Origin {
 }
 
 impl Origin {
-    pub async fn start(products: u32, http_yaml: &str) -> Self {
+    /// A catalog of `products`; `overrides` is YAML deep-merged over the test defaults.
+    pub async fn start(products: u32, overrides: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("origin.yaml");
-        std::fs::write(
-            &path,
-            format!(
-                "listen: 127.0.0.1:0\nstate_dir: state\nhttp: {{ shutdown_grace: 1s {http_yaml} }}\n\
-                 database: {{ seed_products: {products}, pool: {{ max_connections: 4, min_idle: 1 }} }}\n"
-            ),
-        )
+        let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
+            "listen: 127.0.0.1:0\nstate_dir: state\nhttp: {{ shutdown_grace: 1s }}\n\
+             database: {{ seed_products: {products}, pool: {{ max_connections: 4, min_idle: 1 }} }}\n"
+        ))
         .unwrap();
+        if !overrides.trim().is_empty() {
+            merge(&mut yaml, serde_yaml_ng::from_str(overrides).unwrap());
+        }
+        std::fs::write(&path, serde_yaml_ng::to_string(&yaml).unwrap()).unwrap();
         let origin = origin_service::start(OriginConfig::load(&path).unwrap())
             .await
             .unwrap();
@@ -76,6 +78,23 @@ impl Origin {
             .await
             .unwrap();
         read_metric(&text, series)
+    }
+}
+
+fn merge(base: &mut serde_yaml_ng::Value, overrides: serde_yaml_ng::Value) {
+    use serde_yaml_ng::Value;
+    match (base, overrides) {
+        (Value::Mapping(base), Value::Mapping(overrides)) => {
+            for (key, value) in overrides {
+                match base.get_mut(&key) {
+                    Some(slot) => merge(slot, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (slot, value) => *slot = value,
     }
 }
 
@@ -146,12 +165,11 @@ pub struct Proxy {
 /// `upstreams` is the YAML body of the `upstreams:` mapping; routes as `- {...}` lines.
 pub fn proxy_yaml(dir: &Path, upstreams: &str, routes: &str) -> String {
     format!(
-        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 2s, pid_file: {pid}, upgrade_sock: {sock} }}\n\
+        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 2s, upgrade_sock: {sock} }}\n\
          listen: 127.0.0.1:{listen}\n\
          admin: {{ listen: 127.0.0.1:{admin} }}\n\
          upstreams:\n{upstreams}\n\
          routes:\n{routes}\n",
-        pid = dir.join("edge.pid").display(),
         sock = dir.join("upgrade.sock").display(),
         listen = free_port(),
         admin = free_port(),
@@ -194,6 +212,20 @@ impl Proxy {
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// Waits (up to 5 s) until a series reaches `expected`: the `logging` phase that counts a
+    /// request runs after its response has reached the client. Returns the last value read.
+    pub async fn eventually_metric(&self, series: &str, expected: f64) -> f64 {
+        let mut value = self.metric(series).await;
+        for _ in 0..500 {
+            if value >= expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            value = self.metric(series).await;
+        }
+        value
     }
 
     pub async fn metric(&self, series: &str) -> f64 {

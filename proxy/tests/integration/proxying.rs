@@ -45,21 +45,12 @@ async fn proxied_listing_is_identical_to_direct() {
         .await
         .unwrap();
     assert_eq!(revalidated.status(), 304);
-    assert!(
-        p.metric(r#"edge_requests_total{route="catalog",status="200"}"#)
-            .await
-            >= 5.0
-    );
-    assert_eq!(
-        p.metric(r#"edge_requests_total{route="catalog",status="304"}"#)
-            .await,
-        1.0
-    );
-    assert!(
-        p.metric(r#"edge_request_duration_seconds_count{route="catalog"}"#)
-            .await
-            >= 6.0
-    );
+    let ok = r#"edge_requests_total{route="catalog",status="200"}"#;
+    assert_eq!(p.eventually_metric(ok, 5.0).await, 5.0);
+    let not_modified = r#"edge_requests_total{route="catalog",status="304"}"#;
+    assert_eq!(p.eventually_metric(not_modified, 1.0).await, 1.0);
+    let timed = r#"edge_request_duration_seconds_count{route="catalog"}"#;
+    assert_eq!(p.eventually_metric(timed, 6.0).await, 6.0);
     p.stop().await;
 }
 
@@ -72,11 +63,8 @@ async fn unrouted_paths_get_a_json_404_from_the_proxy() {
     assert_eq!(response.status(), 404);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "no_route");
-    assert_eq!(
-        p.metric(r#"edge_requests_total{route="none",status="404"}"#)
-            .await,
-        1.0
-    );
+    let unrouted = r#"edge_requests_total{route="none",status="404"}"#;
+    assert_eq!(p.eventually_metric(unrouted, 1.0).await, 1.0);
     assert_eq!(
         o.metric(r#"origin_http_requests_total{route="unknown",status="404"}"#)
             .await,
@@ -112,11 +100,8 @@ async fn origin_down_gives_502_with_a_clear_body_within_the_connect_timeout() {
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("upstream `catalog`"), "{message}");
     assert!(waited < Duration::from_secs(2), "took {waited:?}");
-    assert_eq!(
-        p.metric(r#"edge_upstream_errors_total{kind="connect_refused",upstream="catalog"}"#)
-            .await,
-        1.0
-    );
+    let refused = r#"edge_upstream_errors_total{kind="connect_refused",upstream="catalog"}"#;
+    assert_eq!(p.eventually_metric(refused, 1.0).await, 1.0);
     // The proxy itself is fine.
     let health = p
         .http
@@ -158,4 +143,51 @@ async fn admin_endpoints() {
         .unwrap();
     assert!(text.contains("edge_requests_in_flight"));
     p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_lets_the_in_flight_request_finish() {
+    let o = Origin::start(
+        200,
+        "http: { request_deadline: 20s }\n\
+         database: { pool: { max_connections: 1, min_idle: 0, acquire_timeout: 20s } }",
+    )
+    .await;
+    let addr = o.origin.local_addr();
+    let p = Proxy::start(|dir| {
+        proxy_yaml(dir, &catalog_upstream(addr, &o.ca, ""), CATALOG_ROUTE)
+            .replace("grace_period: 0s", "grace_period: 3s")
+    });
+    let listen = p.proxy.as_ref().unwrap().listen;
+    // Park a request at the origin: it waits for the only database connection, which we hold.
+    let held = o.origin.database().pool().acquire().await.unwrap();
+    let request = tokio::spawn({
+        let (client, url) = (
+            p.http.clone(),
+            p.url("/api/v1/products?category=polo&limit=2"),
+        );
+        async move { client.get(url).send().await.unwrap().status() }
+    });
+    while o.metric("origin_db_pool_waits_total").await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = tokio::spawn(p.stop());
+    // The listener closes at once: new connections are refused...
+    let mut refused = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(listen).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the proxy kept accepting after the stop signal");
+    // ...while the request in flight is still being served, and completes.
+    assert!(!request.is_finished());
+    drop(held);
+    assert_eq!(request.await.unwrap(), 200);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap();
 }

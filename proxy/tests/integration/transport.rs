@@ -68,7 +68,7 @@ async fn sustained_load_reuses_upstream_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_upstream_tls_connections_resume_their_session() {
     // The origin closes every connection after 10 requests: the proxy must reconnect often.
-    let o = Origin::start(500, ", max_requests_per_connection: 10").await;
+    let o = Origin::start(500, "http: { max_requests_per_connection: 10 }").await;
     let addr = o.origin.local_addr();
     let p = Arc::new(Proxy::start(|dir| {
         proxy_yaml(dir, &catalog_upstream(addr, &o.ca, ""), CATALOG_ROUTE)
