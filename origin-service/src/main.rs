@@ -6,10 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use origin_service::config::{ConfigError, OriginConfig};
-
-/// sysexits.h EX_CONFIG: the configuration is invalid.
-const EXIT_CONFIG: u8 = 78;
+use config_diagnostics::EXIT_CONFIG;
+use origin_service::config::OriginConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,15 +48,7 @@ enum Command {
 
 fn load(path: &std::path::Path) -> Result<OriginConfig, ExitCode> {
     OriginConfig::load(path).map_err(|err| {
-        match &err {
-            ConfigError::Invalid(problems) => {
-                eprintln!("{}: {} problem(s):", path.display(), problems.len());
-                for problem in problems {
-                    eprintln!("  {problem}");
-                }
-            }
-            ConfigError::Read { .. } => eprintln!("{err}"),
-        }
+        err.report(path);
         ExitCode::from(EXIT_CONFIG)
     })
 }

@@ -7,12 +7,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use edge_proxy::config::{self, ConfigError, RuntimeConfig};
+use config_diagnostics::EXIT_CONFIG;
+use edge_proxy::config::{self, RuntimeConfig};
 use edge_proxy::metrics::Metrics;
 use pingora::server::RunArgs;
-
-/// sysexits.h EX_CONFIG: the configuration is invalid.
-const EXIT_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,15 +44,7 @@ enum Command {
 
 fn load(path: &Path) -> Result<RuntimeConfig, ExitCode> {
     config::load(path).map_err(|err| {
-        match &err {
-            ConfigError::Invalid(problems) => {
-                eprintln!("{}: {} problem(s):", path.display(), problems.len());
-                for problem in problems {
-                    eprintln!("  {problem}");
-                }
-            }
-            ConfigError::Read { .. } => eprintln!("{err}"),
-        }
+        err.report(path);
         ExitCode::from(EXIT_CONFIG)
     })
 }

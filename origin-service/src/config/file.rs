@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Problem;
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
@@ -187,73 +185,13 @@ impl Default for CacheControlFile {
     }
 }
 
-/// Parses YAML into the mirror; the error names the offending key path.
-pub(super) fn parse(text: &str) -> Result<FileConfig, Problem> {
-    // An empty document means "all defaults".
-    if text.trim().is_empty() {
-        return Ok(FileConfig::default());
-    }
-    let de = serde_yaml_ng::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|err| {
-        let path = err.path().to_string();
-        problem_from_serde(&path, &err.inner().to_string())
-    })
-}
-
-/// Turns a serde message into `path: problem (hint)`; an unknown key is named in the path itself.
-fn problem_from_serde(path: &str, message: &str) -> Problem {
-    let parent = if path == "." { "" } else { path };
-    // The YAML parser prefixes nested errors with its own notion of the path: drop it.
-    let message = match message.find("unknown field `") {
-        Some(start) => &message[start..],
-        None => message
-            .strip_prefix(parent)
-            .and_then(|m| m.strip_prefix(": "))
-            .unwrap_or(message),
-    };
-    // serde_path_to_error already ends the path with an unknown key; older versions did not.
-    let join = |key: &str| {
-        if parent == key || parent.ends_with(&format!(".{key}")) {
-            parent.to_string()
-        } else if parent.is_empty() {
-            key.to_string()
-        } else {
-            format!("{parent}.{key}")
-        }
-    };
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((key, tail)) = rest.split_once('`') {
-            let expected = tail
-                .trim_start_matches(", ")
-                .split(" at line ")
-                .next()
-                .unwrap_or_default();
-            return Problem {
-                path: join(key),
-                problem: "unknown key".into(),
-                hint: Some(expected.to_string()).filter(|s| !s.is_empty()),
-            };
-        }
-    }
-    let hint = if message.contains("time unit") || message.contains("duration") {
-        Some("durations look like 250ms, 5s, 2m, 1h".to_string())
-    } else {
-        None
-    };
-    Problem {
-        path: if parent.is_empty() {
-            "<root>".into()
-        } else {
-            parent.into()
-        },
-        problem: message.to_string(),
-        hint,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, config_diagnostics::Problem> {
+        config_diagnostics::parse_yaml(text)
+    }
 
     #[test]
     fn empty_document_is_all_defaults() {

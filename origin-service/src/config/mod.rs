@@ -4,58 +4,12 @@
 mod file;
 mod validate;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use config_diagnostics::{ConfigError, Problem};
 pub use file::FileConfig;
-
-/// One thing wrong with a configuration: `path: problem (hint)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Key path in the YAML, e.g. `database.pool.max_connections`.
-    pub path: String,
-    pub problem: String,
-    pub hint: Option<String>,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.problem)?;
-        if let Some(hint) = &self.hint {
-            write!(f, " ({hint})")?;
-        }
-        Ok(())
-    }
-}
-
-/// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}", render_problems(.0))]
-    Invalid(Vec<Problem>),
-}
-
-impl ConfigError {
-    /// Every problem found (empty for read errors).
-    pub fn problems(&self) -> &[Problem] {
-        match self {
-            ConfigError::Invalid(problems) => problems,
-            ConfigError::Read { .. } => &[],
-        }
-    }
-}
-
-fn render_problems(problems: &[Problem]) -> String {
-    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    lines.join("\n")
-}
 
 /// The validated configuration, with every path absolute and every duration resolved.
 #[derive(Debug, Clone)]
@@ -135,22 +89,14 @@ pub struct CacheControlConfig {
 impl OriginConfig {
     /// Reads, parses and validates a config file; relative paths resolve against its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let folder = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| Path::new("."));
-        // The file was just read, so its folder exists; fall back to it as given regardless.
-        let base = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+        let (text, base) = config_diagnostics::read(path)?;
         Self::from_yaml(&text, &base)
     }
 
     /// Parses and validates YAML text; relative paths resolve against `base_dir`.
     pub fn from_yaml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
-        let file = file::parse(text).map_err(|p| ConfigError::Invalid(vec![p]))?;
+        let file: FileConfig =
+            config_diagnostics::parse_yaml(text).map_err(|p| ConfigError::Invalid(vec![p]))?;
         validate::validate(file, base_dir).map_err(ConfigError::Invalid)
     }
 

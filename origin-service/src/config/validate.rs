@@ -1,9 +1,9 @@
 //! Semantic checks on the parsed file: collects EVERY problem as `path: problem (hint)`, then
 //! resolves paths against the config file's folder into an `OriginConfig`.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
+
+use config_diagnostics::{resolve, Problems};
 
 use super::file::FileConfig;
 use super::{
@@ -11,63 +11,10 @@ use super::{
     PoolConfig, Problem, ProvidedCert, TlsConfig,
 };
 
-#[derive(Default)]
-struct Problems(Vec<Problem>);
-
-impl Problems {
-    fn add(&mut self, path: &str, problem: impl Into<String>, hint: impl Into<Option<String>>) {
-        self.0.push(Problem {
-            path: path.into(),
-            problem: problem.into(),
-            hint: hint.into(),
-        });
-    }
-
-    fn positive_duration(&mut self, path: &str, value: Duration) {
-        if value.is_zero() {
-            self.add(
-                path,
-                "must be greater than zero",
-                "e.g. 500ms or 5s".to_string(),
-            );
-        }
-    }
-}
-
-/// `value` against `base` when relative, with `.` and `..` folded away lexically (the path may
-/// not exist yet), so logs and the printed CA path read cleanly.
-fn resolve(base: &Path, value: &str) -> PathBuf {
-    use std::path::Component;
-    let joined = base.join(value);
-    let mut clean = PathBuf::new();
-    for part in joined.components() {
-        match part {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !clean.pop() {
-                    clean.push(part);
-                }
-            }
-            other => clean.push(other),
-        }
-    }
-    clean
-}
-
 pub(super) fn validate(file: FileConfig, base_dir: &Path) -> Result<OriginConfig, Vec<Problem>> {
     let mut problems = Problems::default();
 
-    let listen = match file.listen.parse::<SocketAddr>() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            problems.add(
-                "listen",
-                format!("`{}` is not a socket address", file.listen),
-                "use ip:port, e.g. 127.0.0.1:8443".to_string(),
-            );
-            None
-        }
-    };
+    let listen = problems.socket_addr("listen", &file.listen);
 
     if file.state_dir.trim().is_empty() {
         problems.add("state_dir", "must not be empty", None);
@@ -75,9 +22,9 @@ pub(super) fn validate(file: FileConfig, base_dir: &Path) -> Result<OriginConfig
     let state_dir = resolve(base_dir, &file.state_dir);
 
     let http = &file.http;
-    problems.positive_duration("http.keepalive_idle_timeout", http.keepalive_idle_timeout);
-    problems.positive_duration("tls.handshake_timeout", file.tls.handshake_timeout);
-    problems.positive_duration("http.request_deadline", http.request_deadline);
+    problems.positive("http.keepalive_idle_timeout", http.keepalive_idle_timeout);
+    problems.positive("tls.handshake_timeout", file.tls.handshake_timeout);
+    problems.positive("http.request_deadline", http.request_deadline);
 
     let provided = match (&file.tls.cert_file, &file.tls.key_file) {
         (None, None) => None,
@@ -89,7 +36,7 @@ pub(super) fn validate(file: FileConfig, base_dir: &Path) -> Result<OriginConfig
                     problems.add(
                         path,
                         format!("file {} does not exist", file.display()),
-                        "paths are relative to the config file's folder".to_string(),
+                        Some("paths are relative to the config file's folder"),
                     );
                 }
             }
@@ -107,7 +54,7 @@ pub(super) fn validate(file: FileConfig, base_dir: &Path) -> Result<OriginConfig
             problems.add(
                 missing,
                 "must be set together with the other of tls.cert_file / tls.key_file",
-                "leave both unset to generate a test CA and certificate in state_dir".to_string(),
+                Some("leave both unset to generate a test CA and certificate in state_dir"),
             );
             None
         }
@@ -121,7 +68,7 @@ pub(super) fn validate(file: FileConfig, base_dir: &Path) -> Result<OriginConfig
         problems.add(
             "database.seed_products",
             "must be at least 1",
-            "the default catalog has 50000 products".to_string(),
+            Some("the default catalog has 50000 products"),
         );
     }
     let pool = &db.pool;
@@ -135,12 +82,12 @@ pub(super) fn validate(file: FileConfig, base_dir: &Path) -> Result<OriginConfig
                 "{} is more than database.pool.max_connections ({})",
                 pool.min_idle, pool.max_connections
             ),
-            "min_idle <= max_connections".to_string(),
+            Some("min_idle <= max_connections"),
         );
     }
-    problems.positive_duration("database.pool.acquire_timeout", pool.acquire_timeout);
-    problems.positive_duration("database.pool.idle_timeout", pool.idle_timeout);
-    problems.positive_duration("database.pool.max_lifetime", pool.max_lifetime);
+    problems.positive("database.pool.acquire_timeout", pool.acquire_timeout);
+    problems.positive("database.pool.idle_timeout", pool.idle_timeout);
+    problems.positive("database.pool.max_lifetime", pool.max_lifetime);
 
     let catalog = &file.catalog;
     if catalog.max_limit == 0 {
@@ -153,21 +100,21 @@ pub(super) fn validate(file: FileConfig, base_dir: &Path) -> Result<OriginConfig
                 "{} is outside 1..={}",
                 catalog.default_limit, catalog.max_limit
             ),
-            "default_limit must lie between 1 and catalog.max_limit".to_string(),
+            Some("default_limit must lie between 1 and catalog.max_limit"),
         );
     }
     if catalog.detail_fanout_concurrency == 0 {
         problems.add(
             "catalog.detail_fanout_concurrency",
             "must be at least 1",
-            "1 runs the detail queries one after another".to_string(),
+            Some("1 runs the detail queries one after another"),
         );
     }
-    problems.positive_duration("item_cache.ttl", file.item_cache.ttl);
+    problems.positive("item_cache.ttl", file.item_cache.ttl);
 
-    let listen = match (listen, problems.0.is_empty()) {
+    let listen = match (listen, problems.is_empty()) {
         (Some(listen), true) => listen,
-        _ => return Err(problems.0),
+        _ => return Err(problems.into_vec()),
     };
 
     Ok(OriginConfig {

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Problem;
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
@@ -138,58 +136,13 @@ pub struct RouteFile {
     pub upstream: String,
 }
 
-/// Parses YAML into the mirror; the error names the offending key path.
-pub(super) fn parse(text: &str) -> Result<FileConfig, Problem> {
-    if text.trim().is_empty() {
-        return Ok(FileConfig::default());
-    }
-    let de = serde_yaml_ng::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de)
-        .map_err(|err| problem_from_serde(&err.path().to_string(), &err.inner().to_string()))
-}
-
-/// Turns a serde message into `path: problem (hint)`; an unknown key is named in the path.
-fn problem_from_serde(path: &str, message: &str) -> Problem {
-    let path = if path == "." { "" } else { path };
-    let message = match message.find("unknown field `") {
-        Some(start) => &message[start..],
-        None => message
-            .strip_prefix(path)
-            .and_then(|m| m.strip_prefix(": "))
-            .unwrap_or(message),
-    };
-    if let Some((key, tail)) = message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split_once('`'))
-    {
-        let full = if path == key || path.ends_with(&format!(".{key}")) || path.is_empty() {
-            if path.is_empty() {
-                key.to_string()
-            } else {
-                path.to_string()
-            }
-        } else {
-            format!("{path}.{key}")
-        };
-        let expected = tail
-            .trim_start_matches(", ")
-            .split(" at line ")
-            .next()
-            .unwrap_or_default();
-        return Problem::new(
-            full,
-            "unknown key",
-            Some(expected).filter(|s| !s.is_empty()),
-        );
-    }
-    let hint = (message.contains("time unit") || message.contains("duration"))
-        .then_some("durations look like 250ms, 5s, 2m, 1h");
-    Problem::new(if path.is_empty() { "<root>" } else { path }, message, hint)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, config_diagnostics::Problem> {
+        config_diagnostics::parse_yaml(text)
+    }
 
     #[test]
     fn unknown_keys_are_named_with_their_full_path() {

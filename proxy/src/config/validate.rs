@@ -3,61 +3,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::file::{FileConfig, UpstreamFile};
 use super::runtime::{RuntimeConfig, ServerSettings};
-use super::Problem;
 use crate::routing::{Route, Router};
 use crate::upstream::{PeerSettings, Upstream};
-
-#[derive(Default)]
-struct Problems(Vec<Problem>);
-
-impl Problems {
-    fn add(&mut self, path: impl Into<String>, problem: impl Into<String>, hint: Option<&str>) {
-        self.0.push(Problem::new(path, problem, hint));
-    }
-
-    fn positive(&mut self, path: &str, value: Duration) {
-        if value.is_zero() {
-            self.add(path, "must be greater than zero", Some("e.g. 500ms or 5s"));
-        }
-    }
-
-    fn socket_addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
-        match value.parse() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                self.add(
-                    path,
-                    format!("`{value}` is not a socket address"),
-                    Some("use ip:port, e.g. 127.0.0.1:8443"),
-                );
-                None
-            }
-        }
-    }
-}
-
-/// `value` against `base` when relative, with `.` and `..` folded lexically.
-pub(super) fn resolve(base: &Path, value: &str) -> PathBuf {
-    let mut clean = PathBuf::new();
-    for part in base.join(value).components() {
-        match part {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !clean.pop() {
-                    clean.push(part);
-                }
-            }
-            other => clean.push(other),
-        }
-    }
-    clean
-}
+use config_diagnostics::{resolve, Problem, Problems};
 
 fn upstream(
     name: &str,
@@ -226,7 +179,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
         }
     }
 
-    match (listen, admin, problems.0.is_empty()) {
+    match (listen, admin, problems.is_empty()) {
         (Some(listen), Some(admin_listen), true) => Ok(RuntimeConfig {
             server: ServerSettings {
                 threads: file.server.threads,
@@ -241,7 +194,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             upstreams,
             router: Router::new(routes),
         }),
-        _ => Err(problems.0),
+        _ => Err(problems.into_vec()),
     }
 }
 
