@@ -1,0 +1,4 @@
+//! The edge cache. `storage.rs`: pingora-cache `Storage` backed by moka, bounded by bytes, with a
+//! category tag index for purges. (Cache key, policy and purge endpoint: next steps of issue 5.)
+
+pub mod storage;

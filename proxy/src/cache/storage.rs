@@ -1,0 +1,391 @@
+//! pingora-cache `Storage` backed by a moka cache bounded by bytes (body + serialized meta +
+//! key). Entries are keyed by the combined (primary + Vary variance) hash. The cache key's
+//! `user_tag` carries the entry's category, and a tag index (kept in step by moka's removal
+//! listener) lets a category purge remove exactly that category's entries without a scan.
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use moka::notification::RemovalCause;
+use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, MissFinishType, PurgeOutcome, PurgeTarget, PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta, HitHandler, MissHandler, Storage};
+use pingora::Result;
+
+/// Bytes an entry costs beyond its body and meta: key, tag, Arc and map overhead.
+const ENTRY_OVERHEAD: usize = 128;
+
+#[derive(Debug)]
+struct Entry {
+    meta_internal: Vec<u8>,
+    meta_header: Vec<u8>,
+    body: Bytes,
+    tag: Box<str>,
+}
+
+impl Entry {
+    fn weight(&self) -> u32 {
+        let bytes = self.body.len()
+            + self.meta_internal.len()
+            + self.meta_header.len()
+            + self.tag.len()
+            + ENTRY_OVERHEAD;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// Counters the storage keeps for the metrics layer.
+#[derive(Debug, Default)]
+pub struct StorageCounters {
+    pub evictions: std::sync::atomic::AtomicU64,
+}
+
+type TagIndex = Arc<Mutex<HashMap<Box<str>, HashSet<HashBinary>>>>;
+
+/// The byte-bounded in-memory cache storage.
+#[derive(Debug)]
+pub struct MokaStorage {
+    entries: moka::sync::Cache<HashBinary, Arc<Entry>>,
+    tags: TagIndex,
+    counters: Arc<StorageCounters>,
+}
+
+fn untag(tags: &TagIndex, tag: &str, key: &HashBinary) {
+    if tag.is_empty() {
+        return;
+    }
+    let mut index = tags.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(keys) = index.get_mut(tag) {
+        keys.remove(key);
+        if keys.is_empty() {
+            index.remove(tag);
+        }
+    }
+}
+
+impl MokaStorage {
+    pub fn new(max_bytes: u64) -> Self {
+        let tags: TagIndex = Arc::default();
+        let counters = Arc::new(StorageCounters::default());
+        let (listener_tags, listener_counters) = (tags.clone(), counters.clone());
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_key: &HashBinary, entry: &Arc<Entry>| entry.weight())
+            .eviction_listener(move |key: Arc<HashBinary>, entry: Arc<Entry>, cause| {
+                // A replaced entry keeps its key (and tag) alive under the new value.
+                if cause != RemovalCause::Replaced {
+                    untag(&listener_tags, &entry.tag, &key);
+                }
+                if cause == RemovalCause::Size {
+                    listener_counters
+                        .evictions
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+            .build();
+        Self {
+            entries,
+            tags,
+            counters,
+        }
+    }
+
+    /// A storage for the whole process (pingora-cache wants `&'static`), made once at startup.
+    pub fn leak(max_bytes: u64) -> &'static Self {
+        Box::leak(Box::new(Self::new(max_bytes)))
+    }
+
+    pub fn counters(&self) -> &StorageCounters {
+        &self.counters
+    }
+
+    /// (entries, weighted bytes), after pending maintenance has run.
+    pub fn usage(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+
+    fn insert(&self, key: HashBinary, entry: Entry) {
+        if !entry.tag.is_empty() {
+            let mut index = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
+            index.entry(entry.tag.clone()).or_default().insert(key);
+        }
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// Removes every entry stored under `tag` (a category); returns how many were removed.
+    pub fn purge_tag(&self, tag: &str) -> usize {
+        let keys: Vec<HashBinary> = {
+            let mut index = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
+            index
+                .remove(tag)
+                .map(|k| k.into_iter().collect())
+                .unwrap_or_default()
+        };
+        keys.iter()
+            .filter(|key| self.entries.remove(*key).is_some())
+            .count()
+    }
+
+    /// Removes the entry of one (compact) key; true when there was one.
+    pub fn purge_key(&self, key: &CompactCacheKey) -> bool {
+        self.entries.remove(&key.combined_bin()).is_some()
+    }
+}
+
+struct Hit {
+    body: Option<Bytes>,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        Ok(self.body.take())
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+struct Miss {
+    storage: &'static MokaStorage,
+    key: HashBinary,
+    tag: Box<str>,
+    meta: (Vec<u8>, Vec<u8>),
+    body: BytesMut,
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let Miss {
+            storage,
+            key,
+            tag,
+            meta,
+            body,
+        } = *self;
+        let entry = Entry {
+            meta_internal: meta.0,
+            meta_header: meta.1,
+            body: body.freeze(),
+            tag,
+        };
+        let size = entry.weight() as usize;
+        storage.insert(key, entry);
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+#[async_trait]
+impl Storage for MokaStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(entry) = self.entries.get(&key.combined_bin()) else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&entry.meta_internal, &entry.meta_header)?;
+        let hit = Hit {
+            body: Some(entry.body.clone()),
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        Ok(Box::new(Miss {
+            storage: self,
+            key: key.combined_bin(),
+            tag: key.user_tag().into(),
+            meta: meta.serialize()?,
+            body: BytesMut::new(),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        Ok(if self.purge_key(target.key()) {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let id = key.combined_bin();
+        let Some(old) = self.entries.get(&id) else {
+            return Ok(false);
+        };
+        let (meta_internal, meta_header) = meta.serialize()?;
+        self.insert(
+            id,
+            Entry {
+                meta_internal,
+                meta_header,
+                body: old.body.clone(),
+                tag: old.tag.clone(),
+            },
+        );
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::http::ResponseHeader;
+    use std::time::{Duration, SystemTime};
+
+    fn trace() -> SpanHandle {
+        pingora::cache::trace::Span::inactive().handle()
+    }
+
+    fn meta() -> CacheMeta {
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header
+            .insert_header("content-type", "application/json")
+            .unwrap();
+        let now = SystemTime::now();
+        CacheMeta::new(now + Duration::from_secs(30), now, 10, 60, header)
+    }
+
+    async fn store(storage: &'static MokaStorage, url: &str, tag: &str, body: &'static [u8]) {
+        let key = CacheKey::new(url, tag);
+        let mut miss = storage
+            .get_miss_handler(&key, &meta(), &trace())
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(body), false)
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"!"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+    }
+
+    async fn body(storage: &'static MokaStorage, url: &str, tag: &str) -> Option<Bytes> {
+        let key = CacheKey::new(url, tag);
+        let (meta, mut hit) = storage.lookup(&key, &trace()).await.unwrap()?;
+        assert_eq!(meta.response_header().status, 200);
+        assert_eq!(meta.headers()["content-type"], "application/json");
+        let body = hit.read_body().await.unwrap();
+        assert!(hit.read_body().await.unwrap().is_none());
+        body
+    }
+
+    #[tokio::test]
+    async fn stores_and_serves_meta_and_body() {
+        let storage = MokaStorage::leak(1 << 20);
+        assert!(body(storage, "/a", "polo").await.is_none());
+        store(storage, "/a", "polo", b"hello").await;
+        assert_eq!(body(storage, "/a", "polo").await.unwrap(), "hello!");
+        let (entries, bytes) = storage.usage();
+        assert_eq!(entries, 1);
+        assert!(bytes > 6);
+    }
+
+    #[tokio::test]
+    async fn category_purge_removes_that_category_only() {
+        let storage = MokaStorage::leak(1 << 20);
+        for url in [
+            "/p?c=polo&cursor=1",
+            "/p?c=polo&cursor=2",
+            "/p?c=polo&limit=5",
+        ] {
+            store(storage, url, "polo", b"x").await;
+        }
+        store(storage, "/p?c=linen", "linen", b"y").await;
+        assert_eq!(storage.purge_tag("polo"), 3);
+        assert!(body(storage, "/p?c=polo&cursor=1", "polo").await.is_none());
+        assert_eq!(body(storage, "/p?c=linen", "linen").await.unwrap(), "y!");
+        assert_eq!(storage.purge_tag("polo"), 0);
+    }
+
+    #[tokio::test]
+    async fn purge_by_key_and_update_meta() {
+        let storage = MokaStorage::leak(1 << 20);
+        store(storage, "/k", "", b"v").await;
+        let key = CacheKey::new("/k", "");
+        assert!(storage.update_meta(&key, &meta(), &trace()).await.unwrap());
+        assert_eq!(body(storage, "/k", "").await.unwrap(), "v!");
+        let target = key.to_compact();
+        let outcome = storage
+            .purge(
+                PurgeTarget::Active(&target),
+                PurgeType::Invalidation,
+                &trace(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(outcome, PurgeOutcome::Purged(_)));
+        assert!(body(storage, "/k", "").await.is_none());
+        assert!(!storage.update_meta(&key, &meta(), &trace()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn stays_within_its_byte_bound() {
+        let storage = MokaStorage::leak(64 * 1024);
+        static BODY: [u8; 1024] = [b'x'; 1024];
+        for i in 0..1_000 {
+            store(storage, &format!("/item/{i}"), "tee", &BODY).await;
+        }
+        let (entries, bytes) = storage.usage();
+        assert!(bytes <= 64 * 1024, "{bytes} bytes stored");
+        assert!(entries < 1_000 && entries > 10, "{entries} entries");
+        assert!(
+            storage
+                .counters()
+                .evictions
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+        // Evicted keys left the tag index: a purge removes only what is still there.
+        assert_eq!(storage.purge_tag("tee") as u64, entries);
+    }
+}
