@@ -1,25 +1,174 @@
 //! The admin listener (loopback only): `/metrics` (Prometheus), `/healthz` (alive), `/readyz`
-//! (ready for traffic; 503 once shutdown has begun, so load balancers drain us first).
+//! (ready for traffic; 503 once shutdown has begun), and `POST /cache/purge?url=...` or
+//! `?category=...` behind a bearer token (compared in constant time).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{header, Response, StatusCode};
+use http::{header, Method, Response, StatusCode, Uri};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use subtle::ConstantTimeEq;
 
+use crate::cache::key::cache_key;
+use crate::cache::storage::MokaStorage;
+use crate::config::RuntimeConfig;
 use crate::metrics::Metrics;
 
-#[derive(Debug)]
+const JSON: &str = "application/json";
+
 pub struct AdminApp {
+    config: Arc<RuntimeConfig>,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
+    cache: &'static MokaStorage,
+}
+
+impl std::fmt::Debug for AdminApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApp").finish_non_exhaustive()
+    }
 }
 
 impl AdminApp {
-    pub fn new(metrics: Arc<Metrics>, draining: Arc<AtomicBool>) -> Self {
-        Self { metrics, draining }
+    pub fn new(
+        config: Arc<RuntimeConfig>,
+        metrics: Arc<Metrics>,
+        draining: Arc<AtomicBool>,
+        cache: &'static MokaStorage,
+    ) -> Self {
+        Self {
+            config,
+            metrics,
+            draining,
+            cache,
+        }
+    }
+
+    fn metrics_text(&self) -> Vec<u8> {
+        let (entries, bytes) = self.cache.usage();
+        let m = &self.metrics;
+        m.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        m.cache_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        let evictions = self.cache.counters().evictions.load(Ordering::Relaxed);
+        m.cache_evictions
+            .set(i64::try_from(evictions).unwrap_or(i64::MAX));
+        m.render()
+    }
+
+    /// `Authorization: Bearer <cache.purge_token>`, compared in constant time.
+    fn authorized(&self, session: &ServerSession) -> Result<(), Box<Response<Vec<u8>>>> {
+        let Some(token) = &self.config.purge_token else {
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "purge_disabled",
+                "set cache.purge_token to enable purging",
+            )));
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+            Ok(())
+        } else {
+            let mut denied = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            );
+            denied.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"edge-proxy admin\""),
+            );
+            Err(Box::new(denied))
+        }
+    }
+
+    fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().method != Method::POST {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST",
+            );
+        }
+        if let Err(denied) = self.authorized(session) {
+            return *denied;
+        }
+        let query = session.req_header().uri.query().unwrap_or_default();
+        let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let (kind, purged) = match (get("category"), get("url")) {
+            (Some(category), None) => ("category", self.cache.purge_tag(category)),
+            (None, Some(url)) => match self.purge_url(url, get("host")) {
+                Ok(n) => ("url", n),
+                Err(response) => return *response,
+            },
+            _ => return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give exactly one of ?url=/path?query (absolute or with &host=) or ?category=name",
+            ),
+        };
+        self.metrics.cache_purges.with_label_values(&[kind]).inc();
+        let count = u64::try_from(purged).unwrap_or(u64::MAX);
+        self.metrics
+            .cache_purged_entries
+            .with_label_values(&[kind])
+            .inc_by(count);
+        reply(
+            StatusCode::OK,
+            JSON,
+            format!("{{\"purged\":{purged}}}").into_bytes(),
+        )
+    }
+
+    /// Removes the entry for a URL: absolute (`http://host/path?q`) or a path with `host`
+    /// (default: the proxy's listen address, which is what clients send as Host).
+    fn purge_url(&self, url: &str, host: Option<&str>) -> Result<usize, Box<Response<Vec<u8>>>> {
+        let uri: Uri = url.parse().map_err(|_| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "`url` is not a URL",
+            ))
+        })?;
+        let listen = self.config.listen.to_string();
+        let host = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or(host)
+            .unwrap_or(&listen);
+        let route = self.config.router.route(uri.path()).ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                "no route matches that path",
+            )
+        })?;
+        let policy = route.cache.as_ref().ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_cached",
+                "that route does not cache",
+            )
+        })?;
+        let key = cache_key(&route.name, host, uri.path(), uri.query(), policy);
+        // The primary slot; other Vary variants are invalidated through it.
+        Ok(usize::from(self.cache.purge_key(&key.to_compact())))
     }
 }
 
@@ -40,12 +189,21 @@ fn reply(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Respo
     response
 }
 
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
+    let body =
+        serde_json::json!({"error": {"status": status.as_u16(), "code": code, "message": message}});
+    reply(status, JSON, body.to_string().into_bytes())
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        const JSON: &str = "application/json";
         match session.req_header().uri.path() {
-            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render()),
+            "/metrics" => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics_text(),
+            ),
             "/healthz" => reply(StatusCode::OK, JSON, br#"{"status":"ok"}"#.to_vec()),
             "/readyz" if self.draining.load(Ordering::Relaxed) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -53,10 +211,11 @@ impl ServeHttp for AdminApp {
                 br#"{"status":"draining"}"#.to_vec(),
             ),
             "/readyz" => reply(StatusCode::OK, JSON, br#"{"status":"ready"}"#.to_vec()),
-            _ => reply(
+            "/cache/purge" => self.purge(session),
+            _ => error(
                 StatusCode::NOT_FOUND,
-                JSON,
-                br#"{"error":{"status":404,"code":"not_found","message":"admin endpoints: /metrics /healthz /readyz"}}"#.to_vec(),
+                "not_found",
+                "admin endpoints: /metrics /healthz /readyz, POST /cache/purge",
             ),
         }
     }

@@ -12,6 +12,8 @@ pub struct RequestCtx {
     pub route: Option<Arc<Route>>,
     /// Whether the upstream connection came from the pool (set once connected).
     pub reused: Option<bool>,
+    /// The `X-Cache` value sent (HIT, MISS, STALE, EXPIRED, REVALIDATED, BYPASS).
+    pub cache_result: &'static str,
 }
 
 impl RequestCtx {
@@ -21,6 +23,7 @@ impl RequestCtx {
             started: Instant::now(),
             route: None,
             reused: None,
+            cache_result: "BYPASS",
         }
     }
 

@@ -4,11 +4,21 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use http::header::{AUTHORIZATION, HOST, VARY};
+use pingora::cache::key::HashBinary;
+use pingora::cache::lock::CacheKeyLockImpl;
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, RespCacheable, VarianceBuilder,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::cache::storage::MokaStorage;
+use crate::cache::{cacheability, key};
+use crate::routing::CachePolicy;
 
 use crate::config::RuntimeConfig;
 use crate::ctx::RequestCtx;
@@ -16,15 +26,50 @@ use crate::errors;
 use crate::hygiene;
 use crate::metrics::Metrics;
 
-#[derive(Debug)]
 pub struct EdgeProxy {
     config: Arc<RuntimeConfig>,
     metrics: Arc<Metrics>,
+    cache: &'static MokaStorage,
+    cache_lock: &'static CacheKeyLockImpl,
+}
+
+impl std::fmt::Debug for EdgeProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeProxy")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EdgeProxy {
-    pub fn new(config: Arc<RuntimeConfig>, metrics: Arc<Metrics>) -> Self {
-        Self { config, metrics }
+    pub fn new(
+        config: Arc<RuntimeConfig>,
+        metrics: Arc<Metrics>,
+        cache: &'static MokaStorage,
+        cache_lock: &'static CacheKeyLockImpl,
+    ) -> Self {
+        Self {
+            config,
+            metrics,
+            cache,
+            cache_lock,
+        }
+    }
+}
+
+fn policy(ctx: &RequestCtx) -> Option<&CachePolicy> {
+    ctx.route.as_ref().and_then(|r| r.cache.as_ref())
+}
+
+/// The `X-Cache` value for where this response came from.
+fn cache_result(phase: CachePhase) -> &'static str {
+    match phase {
+        CachePhase::Hit => "HIT",
+        CachePhase::Miss => "MISS",
+        CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
+        CachePhase::Expired => "EXPIRED",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
+        _ => "BYPASS",
     }
 }
 
@@ -79,6 +124,102 @@ impl ProxyHttp for EdgeProxy {
         )
         .await?;
         Ok(true)
+    }
+
+    /// Cacheable route, GET/HEAD, no Authorization: look the response up in the cache (after the
+    /// request filters, so plugins and auth still see every hit).
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(policy) = policy(ctx) else {
+            return Ok(());
+        };
+        let request = session.req_header();
+        let cacheable_method = matches!(request.method, http::Method::GET | http::Method::HEAD);
+        if !cacheable_method || request.headers.contains_key(AUTHORIZATION) {
+            return Ok(());
+        }
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(policy.lock_timeout);
+        session.cache.enable(
+            self.cache,
+            None,
+            None,
+            Some(self.cache_lock),
+            Some(overrides),
+        );
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let (Some(route), Some(policy)) = (ctx.route.as_ref(), policy(ctx)) else {
+            return Error::e_explain(ErrorType::InternalError, "cache key without a cache policy");
+        };
+        let request = session.req_header();
+        let host = request
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(request.uri.host())
+            .unwrap_or_default();
+        Ok(key::cache_key(
+            &route.name,
+            host,
+            request.uri.path(),
+            request.uri.query(),
+            policy,
+        ))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        response: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(match policy(ctx) {
+            Some(policy) => cacheability::response_cacheability(response, policy),
+            None => RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled),
+        })
+    }
+
+    /// One variant per value of each request header the response's `Vary` names.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        request: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let names: Vec<String> = meta
+            .headers()
+            .get_all(VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|n| n.trim().to_ascii_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return None;
+        }
+        let mut variance = VarianceBuilder::new();
+        for name in &names {
+            let value = request
+                .headers
+                .get(name.as_str())
+                .map_or(&b""[..], |v| v.as_bytes());
+            variance.add_value(name, value);
+        }
+        variance.finalize()
+    }
+
+    /// Stale-while-revalidate always (within the entry's window, which Pingora checks), and
+    /// stale-if-error when the upstream failed (down, timeout, 5xx).
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
     }
 
     async fn upstream_peer(
@@ -163,7 +304,7 @@ impl ProxyHttp for EdgeProxy {
     /// Hop-by-hop headers from the upstream never reach the client; the request id does.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -171,6 +312,8 @@ impl ProxyHttp for EdgeProxy {
             response.remove_header(&name);
         }
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        ctx.cache_result = cache_result(session.cache.phase());
+        response.insert_header("x-cache", ctx.cache_result)?;
         Ok(())
     }
 
@@ -230,6 +373,18 @@ impl ProxyHttp for EdgeProxy {
             .request_seconds
             .with_label_values(&[route.as_str()])
             .observe(elapsed.as_secs_f64());
+        if policy(ctx).is_some() {
+            self.metrics
+                .cache_lookups
+                .with_label_values(&[route.as_str(), ctx.cache_result])
+                .inc();
+            if session.cache.lock_duration().is_some() {
+                self.metrics
+                    .cache_coalesced
+                    .with_label_values(&[route.as_str()])
+                    .inc();
+            }
+        }
         let upstream = ctx.route.as_ref().map(|r| r.upstream.name.clone());
         if let (Some(error), Some(upstream)) = (e, upstream.as_deref()) {
             if errors::is_upstream(error) {
@@ -250,6 +405,7 @@ impl ProxyHttp for EdgeProxy {
             route = %route,
             upstream = upstream.as_deref().unwrap_or("-"),
             reused = ?ctx.reused,
+            cache = ctx.cache_result,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
         );

@@ -30,6 +30,9 @@ use tokio::sync::{oneshot, Mutex};
 use config::RuntimeConfig;
 use metrics::Metrics;
 
+/// A cache lock older than this is considered abandoned (its writer died): waiters take over.
+const CACHE_LOCK_AGE: Duration = Duration::from_secs(10);
+
 /// Builds the Pingora server: the proxy service on `listen`, the admin app on `admin_listen`.
 /// `upgrade` takes the listening sockets over from a running instance (graceful upgrade).
 pub fn build_server(
@@ -45,12 +48,16 @@ pub fn build_server(
     let mut server = Server::new_with_opt_and_conf(Some(opt), config.server_conf());
     server.bootstrap();
 
-    let proxy = edge::EdgeProxy::new(config.clone(), metrics.clone());
+    let cache = cache::storage::MokaStorage::leak(config.cache_max_bytes);
+    let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl =
+        Box::leak(pingora::cache::lock::CacheLock::new_boxed(CACHE_LOCK_AGE));
+    let proxy = edge::EdgeProxy::new(config.clone(), metrics.clone(), cache, cache_lock);
     let mut data_plane =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "edge-proxy");
     data_plane.add_tcp(&config.listen.to_string());
 
-    let mut admin = Service::new("admin".to_string(), admin::AdminApp::new(metrics, draining));
+    let admin_app = admin::AdminApp::new(config.clone(), metrics, draining, cache);
+    let mut admin = Service::new("admin".to_string(), admin_app);
     admin.threads = Some(1);
     admin.add_tcp(&config.admin_listen.to_string());
 

@@ -20,6 +20,16 @@ pub struct Metrics {
     pub upstream_connections: IntCounterVec,
     /// Upstream failures by upstream and kind (connect_refused, connect_timeout, tls, ...).
     pub upstream_errors: IntCounterVec,
+    /// Cache lookups by route and result (the `X-Cache` value).
+    pub cache_lookups: IntCounterVec,
+    /// Requests that waited on the cache lock for another request to fill the entry.
+    pub cache_coalesced: IntCounterVec,
+    pub cache_entries: IntGauge,
+    pub cache_bytes: IntGauge,
+    pub cache_evictions: IntGauge,
+    /// Purge requests by kind (url, category) and entries they removed.
+    pub cache_purges: IntCounterVec,
+    pub cache_purged_entries: IntCounterVec,
 }
 
 /// Static metric definitions are startup invariants: a bad one fails every test run at once.
@@ -88,6 +98,13 @@ impl Metrics {
                     &["upstream", "kind"],
                 ),
             ),
+            cache_lookups: register(&r, counter_vec("edge_cache_lookups_total", "Cache lookups by route and result (HIT, MISS, STALE, EXPIRED, REVALIDATED, BYPASS).", &["route", "result"])),
+            cache_coalesced: register(&r, counter_vec("edge_cache_coalesced_waiters_total", "Requests that waited for another request to fill the same entry.", &["route"])),
+            cache_entries: register(&r, IntGauge::new("edge_cache_entries", "Entries in the response cache.").expect("valid gauge definition")),
+            cache_bytes: register(&r, IntGauge::new("edge_cache_bytes", "Weighted bytes in the response cache (bodies + metadata).").expect("valid gauge definition")),
+            cache_evictions: register(&r, IntGauge::new("edge_cache_evictions", "Entries evicted to stay within cache.max_bytes, since start.").expect("valid gauge definition")),
+            cache_purges: register(&r, counter_vec("edge_cache_purges_total", "Purge requests by kind.", &["kind"])),
+            cache_purged_entries: register(&r, counter_vec("edge_cache_purged_entries_total", "Entries removed by purges, by kind.", &["kind"])),
             registry: r,
         }
     }

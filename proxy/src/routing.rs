@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use crate::upstream::Upstream;
 
 #[derive(Debug)]
@@ -9,6 +11,23 @@ pub struct Route {
     pub name: String,
     pub path_prefix: String,
     pub upstream: Arc<Upstream>,
+    /// `None`: responses on this route are never cached.
+    pub cache: Option<CachePolicy>,
+}
+
+/// How a route's responses are cached.
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    /// Query parameters that make the key (sorted); every other parameter is ignored.
+    pub key_query_params: Vec<String>,
+    /// The query parameter whose value tags an entry (e.g. `category`) for purges.
+    pub tag_query_param: Option<String>,
+    /// Freshness when the origin gives none.
+    pub default_ttl: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    /// How long concurrent misses wait for the one request that fills the entry.
+    pub lock_timeout: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +74,7 @@ mod tests {
             name: name.into(),
             path_prefix: prefix.into(),
             upstream: Arc::new(Upstream::new("u", vec![], None, None, settings)),
+            cache: None,
         }
     }
 

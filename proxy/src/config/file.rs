@@ -14,6 +14,7 @@ pub struct FileConfig {
     pub admin: AdminFile,
     pub upstreams: BTreeMap<String, UpstreamFile>,
     pub routes: Vec<RouteFile>,
+    pub cache: CacheFile,
 }
 
 impl Default for FileConfig {
@@ -24,6 +25,7 @@ impl Default for FileConfig {
             admin: AdminFile::default(),
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
+            cache: CacheFile::default(),
         }
     }
 }
@@ -134,6 +136,56 @@ pub struct RouteFile {
     pub name: String,
     pub path_prefix: String,
     pub upstream: String,
+    #[serde(default)]
+    pub cache: Option<RouteCacheFile>,
+}
+
+/// The shared response cache.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheFile {
+    pub max_bytes: u64,
+    pub purge_token: Option<String>,
+}
+
+impl Default for CacheFile {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            purge_token: None,
+        }
+    }
+}
+
+/// A route's cache policy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteCacheFile {
+    pub enabled: bool,
+    pub key_query_params: Vec<String>,
+    pub tag_query_param: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stale_while_revalidate: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stale_if_error: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+}
+
+impl Default for RouteCacheFile {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key_query_params: Vec::new(),
+            tag_query_param: None,
+            default_ttl: Duration::from_secs(10),
+            stale_while_revalidate: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(300),
+            lock_timeout: Duration::from_secs(3),
+        }
+    }
 }
 
 #[cfg(test)]

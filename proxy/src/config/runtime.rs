@@ -29,6 +29,10 @@ pub struct RuntimeConfig {
     pub upstream_ca_file: Option<PathBuf>,
     /// Pingora keeps one LRU of idle upstream connections: the sum of every `pool_size`.
     pub keepalive_pool_size: usize,
+    /// Byte bound of the response cache (bodies + metadata).
+    pub cache_max_bytes: u64,
+    /// Bearer token for `POST /cache/purge`; `None` disables purging.
+    pub purge_token: Option<String>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub router: Router,
 }

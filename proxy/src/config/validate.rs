@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::file::{FileConfig, UpstreamFile};
 use super::runtime::{RuntimeConfig, ServerSettings};
-use crate::routing::{Route, Router};
+use crate::routing::{CachePolicy, Route, Router};
 use crate::upstream::{PeerSettings, Upstream};
 use config_diagnostics::{resolve, Problem, Problems};
 
@@ -162,11 +162,36 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                 Some("e.g. /api/"),
             );
         }
+        let cache = route.cache.as_ref().filter(|c| c.enabled).map(|c| {
+            problems.positive(&at("cache.default_ttl"), c.default_ttl);
+            problems.positive(&at("cache.lock_timeout"), c.lock_timeout);
+            let mut key_query_params = c.key_query_params.clone();
+            key_query_params.sort();
+            key_query_params.dedup();
+            if let Some(tag) = &c.tag_query_param {
+                if !key_query_params.contains(tag) {
+                    problems.add(
+                        at("cache.tag_query_param"),
+                        format!("`{tag}` is not one of cache.key_query_params"),
+                        Some("an entry can only be tagged by a parameter that is part of its key"),
+                    );
+                }
+            }
+            CachePolicy {
+                key_query_params,
+                tag_query_param: c.tag_query_param.clone(),
+                default_ttl: c.default_ttl,
+                stale_while_revalidate: c.stale_while_revalidate,
+                stale_if_error: c.stale_if_error,
+                lock_timeout: c.lock_timeout,
+            }
+        });
         match upstreams.get(&route.upstream) {
             Some(upstream) => routes.push(Route {
                 name: route.name.clone(),
                 path_prefix: route.path_prefix.clone(),
                 upstream: upstream.clone(),
+                cache,
             }),
             None => {
                 let known: Vec<&str> = file.upstreams.keys().map(String::as_str).collect();
@@ -176,6 +201,24 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                     Some(&format!("defined upstreams: {}", known.join(", "))),
                 );
             }
+        }
+    }
+
+    if file.cache.max_bytes < 1024 * 1024 {
+        problems.add(
+            "cache.max_bytes",
+            "must be at least 1 MiB",
+            Some("e.g. 268435456 for 256 MiB"),
+        );
+    }
+    let purge_token = file.cache.purge_token.clone().filter(|t| !t.is_empty());
+    if let Some(token) = &purge_token {
+        if token.len() < 16 {
+            problems.add(
+                "cache.purge_token",
+                "is shorter than 16 characters",
+                Some("use a long random secret, e.g. `openssl rand -hex 32`"),
+            );
         }
     }
 
@@ -191,6 +234,8 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             admin_listen,
             upstream_ca_file: ca_files.into_iter().next(),
             keepalive_pool_size: file.upstreams.values().map(|u| u.pool_size).sum(),
+            cache_max_bytes: file.cache.max_bytes,
+            purge_token,
             upstreams,
             router: Router::new(routes),
         }),

@@ -108,42 +108,64 @@ pub fn read_metric(text: &str, series: &str) -> f64 {
 }
 
 /// A plain-HTTP upstream answering every request with its method, path and headers as JSON.
+/// Query parameters `h-<name>=<value>` become response headers; `hits` counts requests.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
 pub async fn start_echo() -> SocketAddr {
+    start_counting_echo().await.addr
+}
+
+pub async fn start_counting_echo() -> Echo {
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            let counter = counter.clone();
             tokio::spawn(async move {
-                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let headers: serde_json::Map<String, serde_json::Value> = req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
-                        .collect();
-                    let body = serde_json::json!({
-                        "method": req.method().as_str(),
-                        "path": req.uri().to_string(),
-                        "headers": headers,
-                    });
-                    let mut response = http::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from(body.to_string()),
-                    ));
-                    response
-                        .headers_mut()
-                        .insert("connection", "keep-alive, x-upstream-hop".parse().unwrap());
-                    response
-                        .headers_mut()
-                        .insert("x-upstream-hop", "secret".parse().unwrap());
-                    response
-                        .headers_mut()
-                        .insert("keep-alive", "timeout=5".parse().unwrap());
-                    Ok::<_, Infallible>(response)
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move {
+                        let headers: serde_json::Map<String, serde_json::Value> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                            .collect();
+                        let body = serde_json::json!({
+                            "method": req.method().as_str(),
+                            "path": req.uri().to_string(),
+                            "headers": headers,
+                            "hit": n,
+                        });
+                        let mut response = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(body.to_string()),
+                        ));
+                        let h = response.headers_mut();
+                        h.insert("connection", "keep-alive, x-upstream-hop".parse().unwrap());
+                        h.insert("x-upstream-hop", "secret".parse().unwrap());
+                        h.insert("keep-alive", "timeout=5".parse().unwrap());
+                        let query = req.uri().query().unwrap_or_default().to_string();
+                        for (k, v) in form_urlencoded_pairs(&query) {
+                            if let Some(name) = k.strip_prefix("h-") {
+                                h.append(
+                                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                                    v.parse().unwrap(),
+                                );
+                            }
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service)
@@ -151,7 +173,22 @@ pub async fn start_echo() -> SocketAddr {
             });
         }
     });
-    addr
+    Echo { addr, hits }
+}
+
+fn form_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.replace("%20", " ")
+                    .replace("%2C", ",")
+                    .replace("%3D", "="),
+            )
+        })
+        .collect()
 }
 
 pub struct Proxy {
