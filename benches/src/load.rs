@@ -88,9 +88,14 @@ async fn connect(spec: &LoadSpec) -> anyhow::Result<Sender> {
     Ok(sender)
 }
 
-/// One GET; returns the response body when the status is 200.
+/// One GET of the spec's path; returns the response body when the status is 200.
 pub async fn get(sender: &mut Sender, spec: &LoadSpec) -> anyhow::Result<Bytes> {
-    let request = http::Request::get(spec.path_and_query.as_str())
+    get_path(sender, spec, &spec.path_and_query).await
+}
+
+/// One GET of `path`; returns the response body when the status is 200.
+pub async fn get_path(sender: &mut Sender, spec: &LoadSpec, path: &str) -> anyhow::Result<Bytes> {
+    let request = http::Request::get(path)
         .header(http::header::HOST, spec.addr.to_string())
         .body(Empty::<Bytes>::new())?;
     sender.ready().await?;
@@ -163,4 +168,39 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadResult> {
         total.latency_us.add(&part.latency_us)?;
     }
     Ok(total)
+}
+
+/// Sends `total` GETs of `path(i)` for i in 0..total over `spec.connections` keep-alive
+/// connections; returns how many answered 200.
+pub async fn fill(
+    spec: LoadSpec,
+    total: u64,
+    path: Arc<dyn Fn(u64) -> String + Send + Sync>,
+) -> anyhow::Result<u64> {
+    let spec = Arc::new(spec);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let workers: Vec<_> = (0..spec.connections)
+        .map(|_| {
+            let (spec, next, path) = (spec.clone(), next.clone(), path.clone());
+            tokio::spawn(async move {
+                let mut sender = connect(&spec).await?;
+                let mut ok = 0;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= total {
+                        return anyhow::Ok(ok);
+                    }
+                    match get_path(&mut sender, &spec, &path(i)).await {
+                        Ok(_) => ok += 1,
+                        Err(_) => sender = connect(&spec).await?,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for worker in workers {
+        ok += worker.await??;
+    }
+    Ok(ok)
 }

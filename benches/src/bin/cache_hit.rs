@@ -1,0 +1,134 @@
+//! Cache-hit throughput and latency for `category=polo` through the proxy, next to the same
+//! listing fetched directly from the origin, alternating rounds in one process and one run.
+//! Clients speak keep-alive HTTP to the edge and keep-alive HTTPS to the origin, as they would.
+//!
+//! `cargo run --release -p edge-benches --bin cache-hit -- --help`
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use edge_benches::load::{self, LoadSpec};
+use edge_benches::report::{self, Series};
+use edge_proxy::RunningProxy;
+use origin_service::config::OriginConfig;
+use rustls_pki_types::ServerName;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value_t = 50_000)]
+    products: u32,
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long, default_value = "/api/v1/products?category=polo&limit=50")]
+    path: String,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench(args))
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let origin_yaml = dir.path().join("origin.yaml");
+    std::fs::write(
+        &origin_yaml,
+        format!(
+            "listen: 127.0.0.1:0\nstate_dir: state\ndatabase: {{ seed_products: {} }}\n\
+             cache_control: {{ products_s_maxage: 1h }}\n",
+            args.products
+        ),
+    )?;
+    let config = OriginConfig::load(&origin_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "seeding {} products and starting origin + proxy ...",
+        args.products
+    );
+    let origin = origin_service::start(config).await?;
+    let ca = origin.ca_file().context("no CA")?.to_path_buf();
+    let proxy_yaml = format!(
+        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, upgrade_sock: {sock} }}\n\
+         listen: 127.0.0.1:{listen}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n\
+         upstreams:\n  catalog:\n    addresses: [{origin}]\n    tls: {{ sni: localhost, ca_file: {ca} }}\n\
+         routes:\n  - {{ name: catalog, path_prefix: /api/, upstream: catalog, cache: {{ key_query_params: [category, cursor, limit], tag_query_param: category }} }}\n",
+        sock = dir.path().join("upgrade.sock").display(),
+        listen = free_port()?,
+        admin = free_port()?,
+        origin = origin.local_addr(),
+        ca = ca.display(),
+    );
+    let proxy_config = edge_proxy::config::from_yaml(&proxy_yaml, dir.path())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let proxy = RunningProxy::start(proxy_config)?;
+
+    let server_name = ServerName::try_from("localhost")?;
+    let spec = |addr, tls| LoadSpec {
+        addr,
+        server_name: server_name.clone(),
+        path_and_query: args.path.clone(),
+        connections: args.connections,
+        warmup: Duration::from_secs(args.warmup),
+        duration: Duration::from_secs(args.seconds),
+        tls,
+    };
+    let direct = spec(origin.local_addr(), Some(load::client_tls(&ca)?));
+    let edge = spec(proxy.listen, None);
+    let origin_body = load::fetch_once(&direct).await?;
+    let edge_body = load::fetch_once(&edge).await?; // fills the cache
+    anyhow::ensure!(origin_body == edge_body, "the edge serves different bytes");
+
+    println!(
+        "`{}` ({} bytes), {} connections, {}s measured after {}s warm-up, {} rounds\n",
+        args.path,
+        edge_body.len(),
+        args.connections,
+        args.seconds,
+        args.warmup,
+        args.rounds
+    );
+    println!("{}", report::header());
+    let mut origin_series = Series::new("direct origin (https)");
+    let mut hit_series = Series::new("edge cache hit (http)");
+    for round in 1..=args.rounds {
+        for (series, spec) in [(&mut origin_series, &direct), (&mut hit_series, &edge)] {
+            let result = load::run(spec.clone()).await?;
+            println!("{}", report::row(&series.name, round, &result));
+            series.rounds.push(result);
+        }
+    }
+    println!(
+        "{}",
+        report::summary(&[origin_series.clone(), hit_series.clone()], &origin_series)
+    );
+    let lookups = |result: &str| {
+        proxy
+            .metrics
+            .cache_lookups
+            .with_label_values(&["catalog", result])
+            .get()
+    };
+    println!(
+        "edge cache lookups: {} HIT, {} MISS (the one fill)",
+        lookups("HIT"),
+        lookups("MISS")
+    );
+    tokio::task::spawn_blocking(move || proxy.stop()).await?;
+    origin.stop().await;
+    Ok(())
+}
