@@ -188,27 +188,27 @@ impl ProxyHttp for EdgeProxy {
         _ctx: &mut RequestCtx,
         request: &RequestHeader,
     ) -> Option<HashBinary> {
-        let names: Vec<String> = meta
+        let mut variance = VarianceBuilder::new();
+        let mut any = false;
+        let names = meta
             .headers()
             .get_all(VARY)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(|n| n.trim().to_ascii_lowercase())
-            .filter(|n| !n.is_empty())
-            .collect();
-        if names.is_empty() {
-            return None;
-        }
-        let mut variance = VarianceBuilder::new();
-        for name in &names {
-            let value = request
-                .headers
-                .get(name.as_str())
-                .map_or(&b""[..], |v| v.as_bytes());
+            .map(str::trim)
+            .filter(|n| !n.is_empty());
+        for name in names {
+            // HeaderMap lookups are case-insensitive; the variance uses the name as sent.
+            let value = request.headers.get(name).map_or(&b""[..], |v| v.as_bytes());
             variance.add_value(name, value);
+            any = true;
         }
-        variance.finalize()
+        if any {
+            variance.finalize()
+        } else {
+            None
+        }
     }
 
     /// Stale-while-revalidate always (within the entry's window, which Pingora checks), and
@@ -301,16 +301,26 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
-    /// Hop-by-hop headers from the upstream never reach the client; the request id does.
+    /// Hop-by-hop headers from the upstream are dropped before the response is cached or sent.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        for name in hygiene::hop_by_hop_names(&response.headers) {
+            response.remove_header(&name);
+        }
+        Ok(())
+    }
+
+    /// The request id and where the response came from (`X-Cache`), hits and misses alike.
     async fn response_filter(
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        for name in hygiene::hop_by_hop_names(&response.headers) {
-            response.remove_header(&name);
-        }
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
         ctx.cache_result = cache_result(session.cache.phase());
         response.insert_header("x-cache", ctx.cache_result)?;

@@ -3,6 +3,9 @@
 //! tag parameter's value (e.g. the category) becomes the key's `user_tag`, which the storage
 //! indexes for purges.
 
+use std::borrow::Cow;
+use std::fmt::Write;
+
 use pingora::cache::CacheKey;
 
 use crate::routing::CachePolicy;
@@ -19,28 +22,30 @@ pub fn cache_key(
     query: Option<&str>,
     policy: &CachePolicy,
 ) -> CacheKey {
-    let mut kept: Vec<(String, String)> =
+    // Decoded pairs borrow from the query unless they needed unescaping.
+    let mut kept: Vec<(Cow<'_, str>, Cow<'_, str>)> =
         form_urlencoded::parse(query.unwrap_or_default().as_bytes())
             .filter(|(k, _)| policy.key_query_params.iter().any(|p| p == k.as_ref()))
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
     kept.sort();
     let tag = policy
         .tag_query_param
         .as_ref()
         .and_then(|t| kept.iter().find(|(k, _)| k == t))
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v.as_ref())
         .filter(|v| v.len() <= MAX_TAG_LEN)
-        .unwrap_or_default()
-        .to_string();
-    let query = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(&kept)
-        .finish();
-    // Unit separators keep the components unambiguous.
-    let primary = format!(
-        "{route}\u{1f}{}\u{1f}{path}\u{1f}{query}",
-        host.to_ascii_lowercase()
-    );
+        .unwrap_or_default();
+    // Unit separators between components and length-prefixed values keep the key unambiguous
+    // whatever the decoded values contain.
+    let mut primary = String::with_capacity(route.len() + host.len() + path.len() + 64);
+    primary.push_str(route);
+    primary.push('\u{1f}');
+    primary.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    primary.push('\u{1f}');
+    primary.push_str(path);
+    for (k, v) in &kept {
+        let _ = write!(primary, "\u{1f}{k}={}:{v}", v.len());
+    }
     CacheKey::new(primary, tag)
 }
 
@@ -93,6 +98,14 @@ mod tests {
         ] {
             assert_ne!(base.combined_bin(), other.combined_bin());
         }
+    }
+
+    #[test]
+    fn values_cannot_forge_other_parameters() {
+        // "limit=5&cursor=x" smuggled inside one value must not equal the real two parameters.
+        let real = key("edge", "/p", "category=polo&cursor=x&limit=5");
+        let forged = key("edge", "/p", "category=polo%26cursor%3Dx&limit=5");
+        assert_ne!(real.combined_bin(), forged.combined_bin());
     }
 
     #[test]
