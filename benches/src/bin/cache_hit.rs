@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use edge_benches::load::{self, LoadSpec};
-use edge_benches::report::{self, Series};
-use edge_proxy::RunningProxy;
+use edge_benches::report;
+use edge_benches::rig;
 use origin_service::config::OriginConfig;
 use rustls_pki_types::ServerName;
 
@@ -30,18 +30,8 @@ struct Args {
     path: String,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(bench(args))
+    rig::run(bench(Args::parse()))
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -62,20 +52,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
     let origin = origin_service::start(config).await?;
     let ca = origin.ca_file().context("no CA")?.to_path_buf();
-    let proxy_yaml = format!(
-        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, upgrade_sock: {sock} }}\n\
-         listen: 127.0.0.1:{listen}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n\
-         upstreams:\n  catalog:\n    addresses: [{origin}]\n    tls: {{ sni: localhost, ca_file: {ca} }}\n\
-         routes:\n  - {{ name: catalog, path_prefix: /api/, upstream: catalog, cache: {{ key_query_params: [category, cursor, limit], tag_query_param: category }} }}\n",
-        sock = dir.path().join("upgrade.sock").display(),
-        listen = free_port()?,
-        admin = free_port()?,
-        origin = origin.local_addr(),
-        ca = ca.display(),
-    );
-    let proxy_config = edge_proxy::config::from_yaml(&proxy_yaml, dir.path())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let proxy = RunningProxy::start(proxy_config)?;
+    let proxy = rig::start_proxy(
+        dir.path(),
+        &format!(
+            "  catalog:\n    addresses: [{}]\n    tls: {{ sni: localhost, ca_file: {} }}",
+            origin.local_addr(),
+            ca.display()
+        ),
+        "  - { name: catalog, path_prefix: /api/, upstream: catalog, cache: { key_query_params: [category, cursor, limit], tag_query_param: category } }",
+        "",
+    )?;
 
     let server_name = ServerName::try_from("localhost")?;
     let spec = |addr, tls| LoadSpec {
@@ -102,20 +88,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         args.warmup,
         args.rounds
     );
-    println!("{}", report::header());
-    let mut origin_series = Series::new("direct origin (https)");
-    let mut hit_series = Series::new("edge cache hit (http)");
-    for round in 1..=args.rounds {
-        for (series, spec) in [(&mut origin_series, &direct), (&mut hit_series, &edge)] {
-            let result = load::run(spec.clone()).await?;
-            println!("{}", report::row(&series.name, round, &result));
-            series.rounds.push(result);
-        }
-    }
-    println!(
-        "{}",
-        report::summary(&[origin_series.clone(), hit_series.clone()], &origin_series)
-    );
+    let series = rig::alternate(
+        args.rounds,
+        &[
+            ("direct origin (https)", &direct),
+            ("edge cache hit (http)", &edge),
+        ],
+    )
+    .await?;
+    println!("{}", report::summary(&series, &series[0]));
     let lookups = |result: &str| {
         proxy
             .metrics

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use edge_benches::load::{self, LoadSpec};
-use edge_proxy::RunningProxy;
+use edge_benches::rig;
 use rustls_pki_types::ServerName;
 
 #[derive(Debug, Parser)]
@@ -23,12 +23,6 @@ struct Args {
     body_bytes: usize,
     #[arg(long, default_value_t = 16)]
     connections: usize,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn rss_mib() -> f64 {
@@ -73,30 +67,19 @@ async fn start_stub(body_bytes: usize) -> anyhow::Result<std::net::SocketAddr> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(bench(args))
+    rig::run(bench(Args::parse()))
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let stub = start_stub(args.body_bytes).await?;
     let max_bytes = args.max_mib * 1024 * 1024;
-    let yaml = format!(
-        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, upgrade_sock: {sock} }}\n\
-         listen: 127.0.0.1:{listen}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n\
-         upstreams:\n  stub:\n    addresses: [{stub}]\n\
-         routes:\n  - {{ name: fill, path_prefix: /, upstream: stub, cache: {{ key_query_params: [k] }} }}\n\
-         cache: {{ max_bytes: {max_bytes} }}\n",
-        sock = dir.path().join("upgrade.sock").display(),
-        listen = free_port()?,
-        admin = free_port()?,
-    );
-    let config =
-        edge_proxy::config::from_yaml(&yaml, dir.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let proxy = RunningProxy::start(config)?;
+    let proxy = rig::start_proxy(
+        dir.path(),
+        &format!("  stub:\n    addresses: [{stub}]"),
+        "  - { name: fill, path_prefix: /, upstream: stub, cache: { key_query_params: [k] } }",
+        &format!("cache: {{ max_bytes: {max_bytes} }}"),
+    )?;
     let spec = LoadSpec {
         addr: proxy.listen,
         server_name: ServerName::try_from("localhost")?.to_owned(),

@@ -11,7 +11,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use edge_benches::load::{self, LoadSpec};
-use edge_benches::report::{self, Series};
+use edge_benches::report;
+use edge_benches::rig;
 use http::{header, HeaderValue, Response};
 use http_body_util::Full;
 use origin_service::config::OriginConfig;
@@ -46,11 +47,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(bench(args))
+    rig::run(bench(Args::parse()))
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -109,20 +106,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         args.warmup,
         args.rounds
     );
-    println!("{}", report::header());
-    let mut memory = Series::new("memory (same bytes)");
-    let mut listing = Series::new("origin listing (sqlite)");
-    for round in 1..=args.rounds {
-        for (series, spec) in [(&mut memory, &memory_spec), (&mut listing, &origin_spec)] {
-            let result = load::run(spec.clone()).await?;
-            println!("{}", report::row(&series.name, round, &result));
-            series.rounds.push(result);
-        }
-    }
-    println!(
-        "{}",
-        report::summary(&[memory.clone(), listing.clone()], &memory)
-    );
+    let series = rig::alternate(
+        args.rounds,
+        &[
+            ("memory (same bytes)", &memory_spec),
+            ("origin listing (sqlite)", &origin_spec),
+        ],
+    )
+    .await?;
+    println!("{}", report::summary(&series, &series[0]));
     memory_server.trigger();
     origin.stop().await;
     Ok(())

@@ -15,7 +15,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use edge_benches::load::{self, LoadSpec};
-use edge_benches::report::{self, Series};
+use edge_benches::report;
+use edge_benches::rig;
 use edge_proxy::RunningProxy;
 use origin_service::config::OriginConfig;
 use origin_service::RunningOrigin;
@@ -43,12 +44,6 @@ struct Variant {
     origin: RunningOrigin,
     proxy: RunningProxy,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn variant(
@@ -85,26 +80,19 @@ fn start_proxy(
     origin: std::net::SocketAddr,
     ca: &Path,
 ) -> anyhow::Result<RunningProxy> {
-    let yaml = format!(
-        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, upgrade_sock: {sock} }}\n\
-         listen: 127.0.0.1:{listen}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n\
-         upstreams:\n  catalog:\n    addresses: [{origin}]\n    tls: {{ sni: localhost, ca_file: {ca} }}\n\
-         routes:\n  - {{ name: catalog, path_prefix: /api/, upstream: catalog }}\n",
-        sock = dir.join("upgrade.sock").display(),
-        listen = free_port()?,
-        admin = free_port()?,
-        ca = ca.display(),
-    );
-    let config = edge_proxy::config::from_yaml(&yaml, dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(RunningProxy::start(config)?)
+    rig::start_proxy(
+        dir,
+        &format!(
+            "  catalog:\n    addresses: [{origin}]\n    tls: {{ sni: localhost, ca_file: {} }}",
+            ca.display()
+        ),
+        "  - { name: catalog, path_prefix: /api/, upstream: catalog }",
+        "",
+    )
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(bench(args))
+    rig::run(bench(Args::parse()))
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -132,15 +120,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "upstream transport ablation: `{}` through the proxy, {} client connections, {}s measured after {}s warm-up, {} rounds, origin recycles every {} requests in (2)/(3)\n",
         args.path, args.connections, args.seconds, args.warmup, args.rounds, args.recycle
     );
-    println!("{}", report::header());
-    let mut series: Vec<Series> = variants.iter().map(|v| Series::new(v.name)).collect();
-    for round in 1..=args.rounds {
-        for (v, s) in variants.iter().zip(series.iter_mut()) {
-            let result = load::run(spec(v)).await?;
-            println!("{}", report::row(&s.name, round, &result));
-            s.rounds.push(result);
-        }
-    }
+    let specs: Vec<LoadSpec> = variants.iter().map(spec).collect();
+    let targets: Vec<(&str, &LoadSpec)> = variants.iter().map(|v| v.name).zip(&specs).collect();
+    let series = rig::alternate(args.rounds, &targets).await?;
     println!("{}", report::summary(&series, &series[0]));
     for v in &variants {
         let m = v.origin.metrics();

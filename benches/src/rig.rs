@@ -1,0 +1,63 @@
+//! What every benchmark binary sets up the same way: a free loopback port, an in-process proxy
+//! from a few lines of YAML, alternating measured rounds with their table, and the runtime.
+
+use std::future::Future;
+use std::path::Path;
+
+use edge_proxy::RunningProxy;
+
+use crate::load::{self, LoadSpec};
+use crate::report::{self, Series};
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts a proxy on free ports with the given `upstreams:` body, `routes:` body and extra
+/// top-level YAML (e.g. `cache: {...}`); its upgrade socket lives in `dir`.
+pub fn start_proxy(
+    dir: &Path,
+    upstreams: &str,
+    routes: &str,
+    extra: &str,
+) -> anyhow::Result<RunningProxy> {
+    let yaml = format!(
+        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 1s, upgrade_sock: {sock} }}\n\
+         listen: 127.0.0.1:{listen}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n\
+         upstreams:\n{upstreams}\nroutes:\n{routes}\n{extra}\n",
+        sock = dir.join("upgrade.sock").display(),
+        listen = free_port()?,
+        admin = free_port()?,
+    );
+    let config = edge_proxy::config::from_yaml(&yaml, dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(RunningProxy::start(config)?)
+}
+
+/// Runs `rounds` rounds, each target once per round in order, printing the table as it goes;
+/// returns one series per target.
+pub async fn alternate(
+    rounds: usize,
+    targets: &[(&str, &LoadSpec)],
+) -> anyhow::Result<Vec<Series>> {
+    println!("{}", report::header());
+    let mut series: Vec<Series> = targets.iter().map(|(name, _)| Series::new(name)).collect();
+    for round in 1..=rounds {
+        for ((_, spec), s) in targets.iter().zip(series.iter_mut()) {
+            let result = load::run((*spec).clone()).await?;
+            println!("{}", report::row(&s.name, round, &result));
+            s.rounds.push(result);
+        }
+    }
+    Ok(series)
+}
+
+/// A multi-threaded runtime running `main` to completion.
+pub fn run<F: Future<Output = anyhow::Result<()>>>(main: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(main)
+}
