@@ -268,8 +268,9 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        for name in hygiene::hop_by_hop_names(&upstream_request.headers) {
-            upstream_request.remove_header(&name);
+        let listed = hygiene::connection_listed(&upstream_request.headers);
+        for name in hygiene::HOP_BY_HOP.iter().chain(&listed) {
+            upstream_request.remove_header(name);
         }
         let client = client_ip(session).unwrap_or_default();
         let xff = hygiene::forwarded_for(
@@ -308,8 +309,9 @@ impl ProxyHttp for EdgeProxy {
         response: &mut ResponseHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        for name in hygiene::hop_by_hop_names(&response.headers) {
-            response.remove_header(&name);
+        let listed = hygiene::connection_listed(&response.headers);
+        for name in hygiene::HOP_BY_HOP.iter().chain(&listed) {
+            response.remove_header(name);
         }
         Ok(())
     }

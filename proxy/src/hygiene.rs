@@ -6,32 +6,27 @@ use rand::Rng;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy. `Transfer-Encoding` is left
 /// to Pingora, which owns message framing on each side.
-pub const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+pub const HOP_BY_HOP: [HeaderName; 8] = [
+    HeaderName::from_static("connection"),
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("te"),
+    HeaderName::from_static("trailer"),
+    HeaderName::from_static("upgrade"),
+    HeaderName::from_static("proxy-authenticate"),
+    HeaderName::from_static("proxy-authorization"),
 ];
 
-/// The headers to strip: the fixed list plus every header the `Connection` header names.
-pub fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut names: Vec<HeaderName> = HOP_BY_HOP
+/// The headers the `Connection` header names: hop-by-hop too (usually none, so no allocation).
+pub fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
         .iter()
-        .map(|n| HeaderName::from_static(n))
-        .collect();
-    for value in headers.get_all(CONNECTION) {
-        if let Ok(list) = value.to_str() {
-            names.extend(
-                list.split(',')
-                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
-            );
-        }
-    }
-    names
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|name| !HOP_BY_HOP.contains(name))
+        .collect()
 }
 
 /// Keeps a well-formed client request id (1-64 of `[A-Za-z0-9._-]`), else makes a new one.
@@ -136,9 +131,9 @@ mod tests {
             CONNECTION,
             HeaderValue::from_static("keep-alive, X-Secret-Hop"),
         );
-        let names = hop_by_hop_names(&h);
+        let names = connection_listed(&h);
         assert!(names.iter().any(|n| n == "x-secret-hop"));
-        assert!(names.iter().any(|n| n == "upgrade"));
+        assert!(HOP_BY_HOP.iter().any(|n| n == "upgrade"));
     }
 
     #[test]
