@@ -265,17 +265,21 @@ impl Proxy {
         value
     }
 
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.admin))
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let url = format!("{}/metrics", self.admin);
+        self.http
+            .get(url)
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        read_metric(&text, series)
+            .unwrap()
+    }
+
+    pub async fn metric(&self, series: &str) -> f64 {
+        read_metric(&self.metrics_text().await, series)
     }
 
     /// Stops the proxy without blocking the async runtime.

@@ -132,16 +132,7 @@ async fn admin_endpoints() {
             .unwrap();
         assert_eq!(r.status(), status, "{path}");
     }
-    let text = p
-        .http
-        .get(format!("{}/metrics", p.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(text.contains("edge_requests_in_flight"));
+    assert!(p.metrics_text().await.contains("edge_requests_in_flight"));
     p.stop().await;
 }
 
