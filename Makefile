@@ -61,7 +61,7 @@ test: setup lint check-configs
 	$(CARGO) test --workspace
 
 bench:
-	$(CARGO) run --release -p edge-benches --bin origin-listing
+	$(CARGO) run --release -p edge-benches --bin origin-listing -- --seconds 10
 	$(CARGO) run --release -p edge-benches --bin proxy-transport
 	$(CARGO) run --release -p edge-benches --bin cache-hit
 

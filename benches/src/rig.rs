@@ -2,12 +2,62 @@
 //! from a few lines of YAML, alternating measured rounds with their table, and the runtime.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use edge_proxy::RunningProxy;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 
 use crate::load::{self, LoadSpec};
 use crate::report::{self, Series};
+
+/// The load knobs every benchmark takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Concurrent keep-alive connections (closed loop: one request in flight each).
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Measured seconds per round.
+    #[arg(long, default_value_t = 8)]
+    pub seconds: u64,
+    /// Unmeasured warm-up seconds per round.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Rounds per target, alternating targets.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+impl LoadArgs {
+    /// Load on `path` at `addr` (TLS to `localhost` when `tls` is given).
+    pub fn spec(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> anyhow::Result<LoadSpec> {
+        Ok(LoadSpec {
+            addr,
+            server_name: ServerName::try_from("localhost")?,
+            path_and_query: path.to_string(),
+            connections: self.connections,
+            warmup: Duration::from_secs(self.warmup),
+            duration: Duration::from_secs(self.seconds),
+            tls,
+        })
+    }
+
+    /// "16 connections, 8s measured after 2s warm-up, 3 rounds"
+    pub fn describe(&self) -> String {
+        format!(
+            "{} connections, {}s measured after {}s warm-up, {} rounds",
+            self.connections, self.seconds, self.warmup, self.rounds
+        )
+    }
+}
 
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {

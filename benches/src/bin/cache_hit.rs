@@ -4,28 +4,19 @@
 //!
 //! `cargo run --release -p edge-benches --bin cache-hit -- --help`
 
-use std::time::Duration;
-
 use anyhow::Context;
 use clap::Parser;
-use edge_benches::load::{self, LoadSpec};
+use edge_benches::load;
 use edge_benches::report;
 use edge_benches::rig;
 use origin_service::config::OriginConfig;
-use rustls_pki_types::ServerName;
 
 #[derive(Debug, Parser)]
 struct Args {
     #[arg(long, default_value_t = 50_000)]
     products: u32,
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
-    #[arg(long, default_value_t = 8)]
-    seconds: u64,
-    #[arg(long, default_value_t = 2)]
-    warmup: u64,
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    #[command(flatten)]
+    load: rig::LoadArgs,
     #[arg(long, default_value = "/api/v1/products?category=polo&limit=50")]
     path: String,
 }
@@ -63,33 +54,25 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "",
     )?;
 
-    let server_name = ServerName::try_from("localhost")?;
-    let spec = |addr, tls| LoadSpec {
-        addr,
-        server_name: server_name.clone(),
-        path_and_query: args.path.clone(),
-        connections: args.connections,
-        warmup: Duration::from_secs(args.warmup),
-        duration: Duration::from_secs(args.seconds),
-        tls,
-    };
-    let direct = spec(origin.local_addr(), Some(load::client_tls(&ca)?));
-    let edge = spec(proxy.listen, None);
+    let direct = args.load.spec(
+        origin.local_addr(),
+        &args.path,
+        Some(load::client_tls(&ca)?),
+    )?;
+    let edge = args.load.spec(proxy.listen, &args.path, None)?;
     let origin_body = load::fetch_once(&direct).await?;
     let edge_body = load::fetch_once(&edge).await?; // fills the cache
     anyhow::ensure!(origin_body == edge_body, "the edge serves different bytes");
 
     println!(
-        "`{}` ({} bytes), {} connections, {}s measured after {}s warm-up, {} rounds\n",
+        "`{}` ({} bytes), {}
+",
         args.path,
         edge_body.len(),
-        args.connections,
-        args.seconds,
-        args.warmup,
-        args.rounds
+        args.load.describe()
     );
     let series = rig::alternate(
-        args.rounds,
+        args.load.rounds,
         &[
             ("direct origin (https)", &direct),
             ("edge cache hit (http)", &edge),

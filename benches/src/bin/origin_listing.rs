@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
-use edge_benches::load::{self, LoadSpec};
+use edge_benches::load;
 use edge_benches::report;
 use edge_benches::rig;
 use http::{header, HeaderValue, Response};
@@ -19,25 +19,14 @@ use origin_service::config::OriginConfig;
 use origin_service::metrics::Metrics;
 use origin_service::server::tls::{self, TestPki};
 use origin_service::server::{self as transport, ConnOptions, Shutdown};
-use rustls_pki_types::ServerName;
 
 #[derive(Debug, Parser)]
 struct Args {
     /// Products in the seeded catalog.
     #[arg(long, default_value_t = 50_000)]
     products: u32,
-    /// Concurrent keep-alive connections (closed loop: one request in flight each).
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
-    /// Measured seconds per round.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Unmeasured warm-up seconds per round.
-    #[arg(long, default_value_t = 2)]
-    warmup: u64,
-    /// Rounds per target, alternating targets.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    #[command(flatten)]
+    load: rig::LoadArgs,
     /// The listing to request.
     #[arg(long, default_value = "/api/v1/products?category=polo&limit=50")]
     path: String,
@@ -75,39 +64,28 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         .to_path_buf();
     let client_tls = load::client_tls(&ca)?;
 
-    let server_name = ServerName::try_from("localhost")?;
-    let spec = |addr| LoadSpec {
-        addr,
-        server_name: server_name.clone(),
-        path_and_query: args.path.clone(),
-        connections: args.connections,
-        warmup: Duration::from_secs(args.warmup),
-        duration: Duration::from_secs(args.seconds),
-        tls: Some(client_tls.clone()),
-    };
+    let spec = |addr| args.load.spec(addr, &args.path, Some(client_tls.clone()));
 
     // The trivial handler: the origin's exact bytes and headers, from memory.
-    let origin_spec = spec(origin.local_addr());
+    let origin_spec = spec(origin.local_addr())?;
     let body = load::fetch_once(&origin_spec).await?;
     let (memory_addr, memory_server) =
         start_memory_server(&state_tls(dir.path()), &tls_config, body.clone()).await?;
-    let memory_spec = spec(memory_addr);
+    let memory_spec = spec(memory_addr)?;
     anyhow::ensure!(
         load::fetch_once(&memory_spec).await? == body,
         "memory server differs"
     );
 
     println!(
-        "category listing `{}` ({} bytes), {} connections, {}s measured after {}s warm-up, {} rounds\n",
+        "category listing `{}` ({} bytes), {}
+",
         args.path,
         body.len(),
-        args.connections,
-        args.seconds,
-        args.warmup,
-        args.rounds
+        args.load.describe()
     );
     let series = rig::alternate(
-        args.rounds,
+        args.load.rounds,
         &[
             ("memory (same bytes)", &memory_spec),
             ("origin listing (sqlite)", &origin_spec),

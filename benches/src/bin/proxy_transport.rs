@@ -10,7 +10,6 @@
 //! `cargo run --release -p edge-benches --bin proxy-transport -- --help`
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -20,18 +19,11 @@ use edge_benches::rig;
 use edge_proxy::RunningProxy;
 use origin_service::config::OriginConfig;
 use origin_service::RunningOrigin;
-use rustls_pki_types::ServerName;
 
 #[derive(Debug, Parser)]
 struct Args {
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
-    #[arg(long, default_value_t = 8)]
-    seconds: u64,
-    #[arg(long, default_value_t = 2)]
-    warmup: u64,
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    #[command(flatten)]
+    load: rig::LoadArgs,
     /// Requests per upstream connection before the origin closes it, in (2) and (3).
     #[arg(long, default_value_t = 100)]
     recycle: u64,
@@ -101,28 +93,24 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         variant("(2) pooling, no resumption", args.recycle, false).await?,
         variant("(3) pooling + resumption", args.recycle, true).await?,
     ];
-    let server_name = ServerName::try_from("localhost")?;
-    let spec = |v: &Variant| LoadSpec {
-        addr: v.proxy.listen,
-        server_name: server_name.clone(),
-        path_and_query: args.path.clone(),
-        connections: args.connections,
-        warmup: Duration::from_secs(args.warmup),
-        duration: Duration::from_secs(args.seconds),
-        tls: None,
-    };
+    let spec = |v: &Variant| args.load.spec(v.proxy.listen, &args.path, None);
     for v in &variants {
-        load::fetch_once(&spec(v))
+        load::fetch_once(&spec(v)?)
             .await
             .with_context(|| format!("{} does not answer", v.name))?;
     }
     println!(
-        "upstream transport ablation: `{}` through the proxy, {} client connections, {}s measured after {}s warm-up, {} rounds, origin recycles every {} requests in (2)/(3)\n",
-        args.path, args.connections, args.seconds, args.warmup, args.rounds, args.recycle
+        "upstream transport ablation: `{}` through the proxy, {}, origin recycles every {} requests in (2)/(3)\n",
+        args.path,
+        args.load.describe(),
+        args.recycle
     );
-    let specs: Vec<LoadSpec> = variants.iter().map(spec).collect();
+    let specs = variants
+        .iter()
+        .map(spec)
+        .collect::<anyhow::Result<Vec<LoadSpec>>>()?;
     let targets: Vec<(&str, &LoadSpec)> = variants.iter().map(|v| v.name).zip(&specs).collect();
-    let series = rig::alternate(args.rounds, &targets).await?;
+    let series = rig::alternate(args.load.rounds, &targets).await?;
     println!("{}", report::summary(&series, &series[0]));
     for v in &variants {
         let m = v.origin.metrics();
