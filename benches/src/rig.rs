@@ -3,11 +3,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use edge_proxy::RunningProxy;
+use origin_service::config::OriginConfig;
+use origin_service::RunningOrigin;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 
@@ -64,6 +67,31 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// An origin started for a benchmark, with the config it runs and the CA that signs it.
+#[derive(Debug)]
+pub struct BenchOrigin {
+    pub origin: RunningOrigin,
+    pub config: OriginConfig,
+    pub ca: PathBuf,
+}
+
+/// Starts an origin on a free port with its state in `dir`; `settings` is YAML added to
+/// `listen` and `state_dir` (e.g. `database: { seed_products: 500 }`).
+pub async fn start_origin(dir: &Path, settings: &str) -> anyhow::Result<BenchOrigin> {
+    let path = dir.join("origin.yaml");
+    std::fs::write(
+        &path,
+        format!("listen: 127.0.0.1:0\nstate_dir: state\n{settings}\n"),
+    )?;
+    let config = OriginConfig::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let origin = origin_service::start(config.clone()).await?;
+    let ca = origin
+        .ca_file()
+        .context("the origin generated no CA")?
+        .to_path_buf();
+    Ok(BenchOrigin { origin, config, ca })
 }
 
 /// Starts a proxy on free ports with the given `upstreams:` body, `routes:` body and extra

@@ -4,12 +4,10 @@
 //!
 //! `cargo run --release -p edge-benches --bin cache-hit -- --help`
 
-use anyhow::Context;
 use clap::Parser;
 use edge_benches::load;
 use edge_benches::report;
 use edge_benches::rig;
-use origin_service::config::OriginConfig;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -27,22 +25,18 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let origin_yaml = dir.path().join("origin.yaml");
-    std::fs::write(
-        &origin_yaml,
-        format!(
-            "listen: 127.0.0.1:0\nstate_dir: state\ndatabase: {{ seed_products: {} }}\n\
-             cache_control: {{ products_s_maxage: 1h }}\n",
-            args.products
-        ),
-    )?;
-    let config = OriginConfig::load(&origin_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
         "seeding {} products and starting origin + proxy ...",
         args.products
     );
-    let origin = origin_service::start(config).await?;
-    let ca = origin.ca_file().context("no CA")?.to_path_buf();
+    let rig::BenchOrigin { origin, ca, .. } = rig::start_origin(
+        dir.path(),
+        &format!(
+            "database: {{ seed_products: {} }}\ncache_control: {{ products_s_maxage: 1h }}",
+            args.products
+        ),
+    )
+    .await?;
     let proxy = rig::start_proxy(
         dir.path(),
         &format!(

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use edge_benches::load;
@@ -15,7 +14,6 @@ use edge_benches::report;
 use edge_benches::rig;
 use http::{header, HeaderValue, Response};
 use http_body_util::Full;
-use origin_service::config::OriginConfig;
 use origin_service::metrics::Metrics;
 use origin_service::server::tls::{self, TestPki};
 use origin_service::server::{self as transport, ConnOptions, Shutdown};
@@ -41,27 +39,20 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config_path = dir.path().join("origin.yaml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "listen: 127.0.0.1:0\nstate_dir: state\n\
-             database: {{ seed_products: {}, pool: {{ max_connections: {pool}, min_idle: {pool} }} }}\n",
-            args.products,
-            pool = args.pool
-        ),
-    )?;
-    let config = OriginConfig::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tls_config = config.tls.clone();
     eprintln!(
         "seeding {} products and starting the origin ...",
         args.products
     );
-    let origin = origin_service::start(config).await?;
-    let ca = origin
-        .ca_file()
-        .context("origin generated no CA")?
-        .to_path_buf();
+    let rig::BenchOrigin { origin, config, ca } = rig::start_origin(
+        dir.path(),
+        &format!(
+            "database: {{ seed_products: {}, pool: {{ max_connections: {pool}, min_idle: {pool} }} }}",
+            args.products,
+            pool = args.pool
+        ),
+    )
+    .await?;
+    let tls_config = config.tls;
     let client_tls = load::client_tls(&ca)?;
 
     let spec = |addr| args.load.spec(addr, &args.path, Some(client_tls.clone()));

@@ -17,7 +17,6 @@ use edge_benches::load::{self, LoadSpec};
 use edge_benches::report;
 use edge_benches::rig;
 use edge_proxy::RunningProxy;
-use origin_service::config::OriginConfig;
 use origin_service::RunningOrigin;
 
 #[derive(Debug, Parser)]
@@ -44,20 +43,16 @@ async fn variant(
     resumption: bool,
 ) -> anyhow::Result<Variant> {
     let dir = tempfile::tempdir()?;
-    let origin_yaml = dir.path().join("origin.yaml");
-    std::fs::write(
-        &origin_yaml,
-        format!(
-            "listen: 127.0.0.1:0\nstate_dir: state\n\
-             http: {{ max_requests_per_connection: {max_requests} }}\n\
+    let rig::BenchOrigin { origin, ca, .. } = rig::start_origin(
+        dir.path(),
+        &format!(
+            "http: {{ max_requests_per_connection: {max_requests} }}\n\
              tls: {{ session_tickets: {resumption}, session_cache_entries: {cache} }}\n\
-             database: {{ seed_products: 500 }}\n",
+             database: {{ seed_products: 500 }}",
             cache = if resumption { 1024 } else { 0 }
         ),
-    )?;
-    let config = OriginConfig::load(&origin_yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let origin = origin_service::start(config).await?;
-    let ca = origin.ca_file().context("no CA")?.to_path_buf();
+    )
+    .await?;
     let proxy = start_proxy(dir.path(), origin.local_addr(), &ca)?;
     Ok(Variant {
         name,
