@@ -5,3 +5,4 @@
 pub mod load;
 pub mod report;
 pub mod rig;
+pub mod wire;

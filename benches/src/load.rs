@@ -1,5 +1,6 @@
-//! A closed-loop load generator: `connections` workers, each on its own keep-alive TLS
+//! A closed-loop load generator: `connections` workers, each on its own keep-alive (TLS)
 //! connection, sending GETs back to back for `warmup + duration`; only the measured window counts.
+//! The measured loop speaks through [`crate::wire`]; requests whose bytes are compared use hyper.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::wire;
+
 /// What to load and how hard.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
@@ -28,6 +31,10 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// `None` speaks plain HTTP.
     pub tls: Option<Arc<ClientConfig>>,
+    /// `None`: closed loop, each connection sends its next request as soon as the previous
+    /// response is read (measures capacity). `Some(r)`: open loop, `r` requests per second
+    /// spread evenly over the connections (measures latency at a given load).
+    pub rate: Option<f64>,
 }
 
 /// What one load run measured.
@@ -68,24 +75,32 @@ pub fn client_tls(ca_pem_file: &std::path::Path) -> anyhow::Result<Arc<ClientCon
 
 type Sender = http1::SendRequest<Empty<Bytes>>;
 
-async fn connect(spec: &LoadSpec) -> anyhow::Result<Sender> {
+/// A connected byte stream to the target (TLS when the spec says so).
+async fn open(spec: &LoadSpec) -> anyhow::Result<Box<dyn wire::Io>> {
     let tcp = TcpStream::connect(spec.addr).await?;
     tcp.set_nodelay(true)?;
     let Some(tls) = &spec.tls else {
-        let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        return Ok(sender);
+        return Ok(Box::new(tcp));
     };
     let tls = TlsConnector::from(tls.clone())
         .connect(spec.server_name.clone(), tcp)
         .await?;
-    let (sender, connection) = http1::handshake(TokioIo::new(tls)).await?;
+    Ok(Box::new(tls))
+}
+
+/// A hyper client connection, for the requests whose bytes are checked.
+async fn connect(spec: &LoadSpec) -> anyhow::Result<Sender> {
+    let (sender, connection) = http1::handshake(TokioIo::new(open(spec).await?)).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(sender)
+}
+
+/// A lean connection for the measured loop.
+async fn connect_wire(spec: &LoadSpec) -> anyhow::Result<wire::Connection> {
+    let request = wire::get_request(&spec.addr.to_string(), &spec.path_and_query);
+    Ok(wire::Connection::new(open(spec).await?, request))
 }
 
 /// One GET of the spec's path; returns the response body when the status is 200.
@@ -112,32 +127,84 @@ pub async fn fetch_once(spec: &LoadSpec) -> anyhow::Result<Bytes> {
     get(&mut sender, spec).await
 }
 
-async fn worker(spec: Arc<LoadSpec>, start: Instant) -> anyhow::Result<LoadResult> {
+/// When each request of one worker is due, for an open-loop run.
+struct Pacer {
+    interval: Duration,
+    next: Instant,
+    /// When the previous response arrived.
+    previous_done: Instant,
+}
+
+impl Pacer {
+    /// Worker `index` of `workers` sharing `rate` requests per second, staggered.
+    fn new(rate: f64, index: usize, workers: usize, start: Instant) -> Self {
+        let interval = Duration::from_secs_f64(workers as f64 / rate.max(f64::MIN_POSITIVE));
+        let offset = interval.mul_f64(index as f64 / workers as f64);
+        Self {
+            interval,
+            next: start + offset,
+            previous_done: start,
+        }
+    }
+
+    /// Waits until the next request is due; returns the instant its latency counts from. When
+    /// the previous response came back after this request was due, the server made it late and
+    /// the wait counts (no coordinated omission); when only the timer fired late (tokio timers
+    /// have millisecond granularity), it does not.
+    async fn wait_turn(&mut self) -> Instant {
+        let due = self.next;
+        self.next += self.interval;
+        tokio::time::sleep_until(due.into()).await;
+        if self.previous_done > due {
+            due
+        } else {
+            Instant::now()
+        }
+    }
+}
+
+async fn worker(spec: Arc<LoadSpec>, index: usize, start: Instant) -> anyhow::Result<LoadResult> {
     let measure_from = start + spec.warmup;
     let end = measure_from + spec.duration;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut ok, mut errors) = (0, 0);
-    let mut sender = connect(&spec).await?;
+    let mut connection = connect_wire(&spec).await?;
+    let mut pacer = spec
+        .rate
+        .map(|rate| Pacer::new(rate, index, spec.connections, start));
     loop {
-        let sent = Instant::now();
+        let sent = match pacer.as_mut() {
+            Some(pacer) => pacer.wait_turn().await,
+            None => Instant::now(),
+        };
         if sent >= end {
             break;
         }
-        let outcome = get(&mut sender, &spec).await;
+        let outcome = connection.roundtrip().await;
         let done = Instant::now();
+        if let Some(pacer) = pacer.as_mut() {
+            pacer.previous_done = done;
+        }
         let measured = sent >= measure_from;
-        match outcome {
-            Ok(_) if measured => {
-                ok += 1;
-                histogram.saturating_record(done.duration_since(sent).as_micros() as u64);
-            }
-            Ok(_) => {}
-            Err(_) => {
+        let reconnect = match outcome {
+            Ok(response) if response.status == 200 => {
                 if measured {
-                    errors += 1;
+                    ok += 1;
+                    histogram.saturating_record(done.duration_since(sent).as_micros() as u64);
                 }
-                sender = connect(&spec).await?;
+                response.closing
             }
+            Ok(response) => {
+                errors += u64::from(measured);
+                response.closing
+            }
+            Err(_) => {
+                errors += u64::from(measured);
+                true
+            }
+        };
+        if reconnect {
+            connection = connect_wire(&spec).await?;
         }
     }
     Ok(LoadResult {
@@ -153,7 +220,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadResult> {
     let spec = Arc::new(spec);
     let start = Instant::now();
     let workers: Vec<_> = (0..spec.connections)
-        .map(|_| tokio::spawn(worker(spec.clone(), start)))
+        .map(|index| tokio::spawn(worker(spec.clone(), index, start)))
         .collect();
     let mut total = LoadResult {
         ok: 0,

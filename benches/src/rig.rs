@@ -34,6 +34,15 @@ pub struct LoadArgs {
     pub rounds: usize,
 }
 
+/// Open-loop ("same traffic") rounds after the capacity rounds.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PacedArgs {
+    /// Offered load of the open-loop rounds, as a fraction of the baseline's measured capacity
+    /// (0 skips them). Latency is compared at the same offered load, as production sees it.
+    #[arg(long, default_value_t = 0.5)]
+    pub paced_load: f64,
+}
+
 impl LoadArgs {
     /// Load on `path` at `addr` (TLS to `localhost` when `tls` is given).
     pub fn spec(
@@ -50,6 +59,7 @@ impl LoadArgs {
             warmup: Duration::from_secs(self.warmup),
             duration: Duration::from_secs(self.seconds),
             tls,
+            rate: None,
         })
     }
 

@@ -374,31 +374,33 @@ impl ProxyHttp for EdgeProxy {
     /// Metrics and the access log line; upstream errors counted by kind.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.metrics.in_flight.dec();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx.route_label().to_string();
+        let status_code = session.response_written().map(|r| r.status);
+        let status = status_code.map_or(0, |s| s.as_u16());
+        let ctx = &*ctx;
+        let route = ctx.route_label();
         let elapsed = ctx.started.elapsed();
         self.metrics
             .requests
-            .with_label_values(&[route.as_str(), status.to_string().as_str()])
+            .with_label_values(&[route, status_code.as_ref().map_or("0", |s| s.as_str())])
             .inc();
         self.metrics
             .request_seconds
-            .with_label_values(&[route.as_str()])
+            .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
         if policy(ctx).is_some() {
             self.metrics
                 .cache_lookups
-                .with_label_values(&[route.as_str(), ctx.cache_result])
+                .with_label_values(&[route, ctx.cache_result])
                 .inc();
             if session.cache.lock_duration().is_some() {
                 self.metrics
                     .cache_coalesced
-                    .with_label_values(&[route.as_str()])
+                    .with_label_values(&[route])
                     .inc();
             }
         }
-        let upstream = ctx.route.as_ref().map(|r| r.upstream.name.clone());
-        if let (Some(error), Some(upstream)) = (e, upstream.as_deref()) {
+        let upstream = ctx.route.as_ref().map(|r| r.upstream.name.as_str());
+        if let (Some(error), Some(upstream)) = (e, upstream) {
             if errors::is_upstream(error) {
                 self.metrics
                     .upstream_errors
@@ -415,7 +417,7 @@ impl ProxyHttp for EdgeProxy {
             path = %request.uri,
             status,
             route = %route,
-            upstream = upstream.as_deref().unwrap_or("-"),
+            upstream = upstream.unwrap_or("-"),
             reused = ?ctx.reused,
             cache = ctx.cache_result,
             duration_ms = elapsed.as_secs_f64() * 1000.0,

@@ -29,6 +29,16 @@ pub fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// 32 lowercase hex digits (what `format!("{:032x}")` gives, without the formatting machinery).
+fn hex_id(value: u128) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let bytes: Vec<u8> = (0..32)
+        .rev()
+        .map(|i| DIGITS[((value >> (i * 4)) & 0xf) as usize])
+        .collect();
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
 /// Keeps a well-formed client request id (1-64 of `[A-Za-z0-9._-]`), else makes a new one.
 pub fn request_id(incoming: Option<&[u8]>) -> String {
     match incoming {
@@ -41,7 +51,7 @@ pub fn request_id(incoming: Option<&[u8]>) -> String {
         {
             String::from_utf8_lossy(id).into_owned()
         }
-        _ => format!("{:032x}", rand::thread_rng().gen::<u128>()),
+        _ => hex_id(rand::thread_rng().gen::<u128>()),
     }
 }
 
@@ -86,6 +96,14 @@ pub fn forwarded_for(existing: Option<&str>, client: &str) -> String {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn new_request_ids_are_32_hex_digits() {
+        assert_eq!(hex_id(0xabc), format!("{:032x}", 0xabc));
+        assert_eq!(hex_id(u128::MAX), "f".repeat(32));
+        let id = request_id(None);
+        assert!(is_hex(&id, 32), "{id}");
+    }
 
     #[test]
     fn traceparent_propagates_the_trace_and_replaces_the_parent() {

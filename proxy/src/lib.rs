@@ -22,6 +22,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
@@ -54,7 +56,10 @@ pub fn build_server(
     let proxy = edge::EdgeProxy::new(config.clone(), metrics.clone(), cache, cache_lock);
     let mut data_plane =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "edge-proxy");
-    data_plane.add_tcp(&config.listen.to_string());
+    data_plane.add_listener(
+        ListenerConfig::tcp(config.listen.to_string())
+            .l4_buffer(L4BufferSettings::default().write(config.server.write_buffer)),
+    );
 
     let admin_app = admin::AdminApp::new(config.clone(), metrics, draining, cache);
     let mut admin = Service::new("admin".to_string(), admin_app);

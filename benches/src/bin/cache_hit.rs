@@ -1,5 +1,7 @@
 //! Cache-hit throughput and latency for `category=polo` through the proxy, next to the same
-//! listing fetched directly from the origin, alternating rounds in one process and one run.
+//! listing fetched directly from the origin, alternating rounds in one process and one run:
+//! first closed loop (capacity: as fast as each target answers), then open loop at the same
+//! offered load for both (latency as users see it at a given traffic level).
 //! Clients speak keep-alive HTTP to the edge and keep-alive HTTPS to the origin, as they would.
 //!
 //! `cargo run --release -p edge-benches --bin cache-hit -- --help`
@@ -15,6 +17,8 @@ struct Args {
     products: u32,
     #[command(flatten)]
     load: rig::LoadArgs,
+    #[command(flatten)]
+    paced: rig::PacedArgs,
     #[arg(long, default_value = "/api/v1/products?category=polo&limit=50")]
     path: String,
 }
@@ -74,6 +78,27 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     println!("{}", report::summary(&series, &series[0]));
+    if args.paced.paced_load > 0.0 {
+        let rate = args.paced.paced_load * series[0].median_throughput();
+        println!(
+            "open loop: both at {rate:.0} req/s ({:.0}% of the direct origin's capacity), latency from each request's due time\n",
+            args.paced.paced_load * 100.0
+        );
+        let paced = |spec: &load::LoadSpec| load::LoadSpec {
+            rate: Some(rate),
+            ..spec.clone()
+        };
+        let (direct, edge) = (paced(&direct), paced(&edge));
+        let series = rig::alternate(
+            args.load.rounds,
+            &[
+                ("direct origin, same load", &direct),
+                ("edge cache hit, same load", &edge),
+            ],
+        )
+        .await?;
+        println!("{}", report::summary(&series, &series[0]));
+    }
     let lookups = |result: &str| {
         proxy
             .metrics

@@ -88,6 +88,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         warmup: Duration::ZERO,
         duration: Duration::ZERO,
         tls: None,
+        rate: None,
     };
     println!(
         "filling {} distinct keys of {} B through the proxy, cache.max_bytes = {} MiB; RSS at start {:.0} MiB",

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::fmt::Write;
 
+use pingora::cache::key::CacheHashKey;
 use pingora::cache::CacheKey;
 
 use crate::routing::CachePolicy;
@@ -44,15 +45,24 @@ pub fn cache_key(
     primary.push('\u{1f}');
     primary.push_str(path);
     for (k, v) in &kept {
-        let _ = write!(primary, "\u{1f}{k}={}:{v}", v.len());
+        primary.push('\u{1f}');
+        primary.push_str(k);
+        primary.push('=');
+        let _ = write!(primary, "{}", v.len());
+        primary.push(':');
+        primary.push_str(v);
     }
-    CacheKey::new(primary, tag)
+    let mut key = CacheKey::new(primary, tag);
+    // Pingora hashes the primary key each time it is asked for it (lock, lookup, storage):
+    // hash it once here and pin the result.
+    let hash = key.primary_bin();
+    key.set_primary_bin_override(hash);
+    key
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pingora::cache::key::CacheHashKey;
     use std::time::Duration;
 
     fn policy() -> CachePolicy {

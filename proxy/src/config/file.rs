@@ -39,7 +39,13 @@ pub struct ServerFile {
     #[serde(with = "humantime_serde")]
     pub graceful_shutdown_timeout: Duration,
     pub upgrade_sock: String,
+    pub write_buffer: usize,
 }
+
+/// Default per-connection write buffer: a response whose head and body fit goes out in one write.
+pub const DEFAULT_WRITE_BUFFER: usize = 16 * 1024;
+/// Largest write buffer accepted (it is allocated for every client connection).
+pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 
 impl Default for ServerFile {
     fn default() -> Self {
@@ -48,6 +54,7 @@ impl Default for ServerFile {
             grace_period: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(10),
             upgrade_sock: "/tmp/edge-proxy-upgrade.sock".into(),
+            write_buffer: DEFAULT_WRITE_BUFFER,
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub upgrade_sock: String,
+    /// Per-connection write buffer of the data plane, in bytes.
+    pub write_buffer: usize,
 }
 
 #[derive(Debug)]

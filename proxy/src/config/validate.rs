@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::file::{FileConfig, UpstreamFile};
+use super::file::{FileConfig, UpstreamFile, MAX_WRITE_BUFFER};
 use super::runtime::{RuntimeConfig, ServerSettings};
 use crate::routing::{CachePolicy, Route, Router};
 use crate::upstream::{PeerSettings, Upstream};
@@ -113,6 +113,16 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             "server.threads",
             "must be at least 1",
             Some("one per core is a good start"),
+        );
+    }
+    if file.server.write_buffer > MAX_WRITE_BUFFER {
+        problems.add(
+            "server.write_buffer",
+            format!(
+                "{} bytes is more than {MAX_WRITE_BUFFER}",
+                file.server.write_buffer
+            ),
+            Some("it is allocated for every client connection; 16384 fits a catalog page"),
         );
     }
     problems.positive(
@@ -229,6 +239,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                 grace_period: file.server.grace_period,
                 graceful_shutdown_timeout: file.server.graceful_shutdown_timeout,
                 upgrade_sock: file.server.upgrade_sock.clone(),
+                write_buffer: file.server.write_buffer,
             },
             listen,
             admin_listen,
@@ -263,6 +274,7 @@ mod tests {
         let cfg = super::super::from_yaml(GOOD, Path::new("/etc/edge")).unwrap();
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(cfg.keepalive_pool_size, 128);
+        assert_eq!(cfg.server.write_buffer, 16 * 1024);
         assert!(cfg.router.route("/api/v1/products").is_some());
     }
 
@@ -270,6 +282,7 @@ mod tests {
     fn every_bad_config_case_names_its_key() {
         let found = problems(
             "listen: localhost\n\
+             server: { write_buffer: 2000000 }\n\
              admin: { listen: 0.0.0.0:9090 }\n\
              upstreams:\n  catalog:\n    addresses: [127.0.0.1]\n    connect_timeout: 0s\n    tls: { sni: localhost, ca_file: missing-ca.pem }\n\
              routes:\n  - { name: catalog, path_prefix: /api/, upstream: catlog }\n",
@@ -277,6 +290,7 @@ mod tests {
         let expect = [
             "listen: `localhost` is not a socket address",
             "admin.listen: 0.0.0.0:9090 is not a loopback address",
+            "server.write_buffer: 2000000 bytes is more than 1048576",
             "upstreams.catalog.addresses[0]: `127.0.0.1` is not a socket address",
             "upstreams.catalog.tls.ca_file: file /etc/edge/missing-ca.pem does not exist",
             "upstreams.catalog.connect_timeout: must be greater than zero",
