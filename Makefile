@@ -12,13 +12,14 @@ EDGE_CONFIG ?= config/edge.yaml
 ORIGIN_CONFIGS := config/origin.yaml $(wildcard config/examples/origin-*.yaml)
 EDGE_CONFIGS := config/edge.yaml $(wildcard config/examples/edge-*.yaml)
 
-.PHONY: help setup build run test lint check-configs bench
+.PHONY: help setup build run test lint check-configs bench plugins
 
 help:
 	@echo "make run    - set up, build (release), run the origin (https://127.0.0.1:8443) and the proxy (http://127.0.0.1:8080)"
 	@echo "make test   - set up, then fmt check, clippy, config checks and every test"
 	@echo "make bench  - side-by-side load benchmarks (release build; minutes)"
 	@echo "make setup  - install what is missing: cmake (Debian), the wasm32-wasip1 target"
+	@echo "make plugins - build every plugin under plugins/ to wasm32-wasip1 (release)"
 
 # Idempotent: each step runs only when its tool is missing, then verifies it.
 setup:
@@ -35,9 +36,16 @@ setup:
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
+# Plugins are their own cargo workspace (target wasm32-wasip1); the modules land in
+# plugins/target/wasm32-wasip1/release/*.wasm, where the configs point.
+plugins: setup
+	$(CARGO) build --release --target wasm32-wasip1 --manifest-path plugins/Cargo.toml
+	$(CARGO) fmt --manifest-path plugins/Cargo.toml --all -- --check
+	$(CARGO) clippy --manifest-path plugins/Cargo.toml --release --target wasm32-wasip1 -- -D warnings
+
 # The origin runs in the background (its state, CA included, is prepared first); the proxy in
 # the foreground. Ctrl-C stops the proxy, and the trap stops the origin.
-run: setup
+run: setup plugins
 	$(CARGO) build --release -p origin-service -p edge-proxy
 	./target/release/origin-service check -c $(ORIGIN_CONFIG)
 	./target/release/origin-service init -c $(ORIGIN_CONFIG)
@@ -57,7 +65,7 @@ check-configs:
 	./target/debug/origin-service init -c $(ORIGIN_CONFIG)
 	@for f in $(EDGE_CONFIGS); do ./target/debug/edge-proxy check -c $$f; done
 
-test: setup lint check-configs
+test: setup plugins lint check-configs
 	$(CARGO) test --workspace
 
 bench:

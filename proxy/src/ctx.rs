@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::plugin::chain::Chain;
 use crate::routing::Route;
 
 #[derive(Debug)]
@@ -14,6 +15,10 @@ pub struct RequestCtx {
     pub reused: Option<bool>,
     /// The `X-Cache` value sent (HIT, MISS, STALE, EXPIRED, REVALIDATED, BYPASS).
     pub cache_result: &'static str,
+    /// The route's plugins for this request (`None` when the route has none).
+    pub chain: Option<Chain>,
+    /// A plugin's local response from a response phase: its body replaces the upstream's.
+    pub replacement_body: Option<bytes::Bytes>,
 }
 
 impl RequestCtx {
@@ -24,6 +29,8 @@ impl RequestCtx {
             route: None,
             reused: None,
             cache_result: "BYPASS",
+            chain: None,
+            replacement_body: None,
         }
     }
 

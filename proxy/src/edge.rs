@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST, VARY};
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::CacheKeyLockImpl;
@@ -18,6 +19,10 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::cache::storage::MokaStorage;
 use crate::cache::{cacheability, key};
+use crate::plugin::callout::Callouts;
+use crate::plugin::chain::{Chain, Outcome};
+use crate::plugin::state::LocalResponse;
+use crate::plugin::PluginHost;
 use crate::routing::CachePolicy;
 
 use crate::config::RuntimeConfig;
@@ -31,6 +36,14 @@ pub struct EdgeProxy {
     metrics: Arc<Metrics>,
     cache: &'static MokaStorage,
     cache_lock: &'static CacheKeyLockImpl,
+    plugins: Plugins,
+}
+
+/// The plugin host and the callout runner the chains use.
+#[derive(Debug, Clone)]
+pub struct Plugins {
+    pub host: Arc<PluginHost>,
+    pub callouts: Arc<Callouts>,
 }
 
 impl std::fmt::Debug for EdgeProxy {
@@ -47,12 +60,14 @@ impl EdgeProxy {
         metrics: Arc<Metrics>,
         cache: &'static MokaStorage,
         cache_lock: &'static CacheKeyLockImpl,
+        plugins: Plugins,
     ) -> Self {
         Self {
             config,
             metrics,
             cache,
             cache_lock,
+            plugins,
         }
     }
 }
@@ -78,6 +93,33 @@ fn client_ip(session: &Session) -> Option<String> {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_string())
+}
+
+/// Sends a plugin's local response (from a request phase: nothing was proxied).
+async fn send_local(session: &mut Session, local: LocalResponse, request_id: &str) -> Result<()> {
+    let header = local_header(&local, request_id)?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(local.body)), true)
+        .await
+}
+
+/// The response header of a local response; header pairs that are not valid HTTP are dropped.
+fn local_header(local: &LocalResponse, request_id: &str) -> Result<ResponseHeader> {
+    let mut header = ResponseHeader::build(local.status, Some(local.headers.len() + 2))?;
+    for (name, value) in &local.headers {
+        if header
+            .append_header(name.clone(), value.as_slice())
+            .is_err()
+        {
+            tracing::warn!(header = %name, "invalid header in a plugin's local response dropped");
+        }
+    }
+    header.insert_header(http::header::CONTENT_LENGTH, local.body.len().to_string())?;
+    header.insert_header("x-request-id", request_id)?;
+    Ok(header)
 }
 
 async fn respond_json(session: &mut Session, status: u16, code: &str, message: &str) -> Result<()> {
@@ -107,13 +149,35 @@ impl ProxyHttp for EdgeProxy {
         ctx.request_id =
             hygiene::request_id(header.headers.get("x-request-id").map(|v| v.as_bytes()));
         ctx.route = self.config.router.route(header.uri.path()).cloned();
+        if let Some(route) = ctx.route.as_ref().filter(|r| !r.plugins.is_empty()) {
+            let plugins = route
+                .plugins
+                .iter()
+                .filter_map(|i| self.plugins.host.plugins.get(*i).cloned())
+                .collect();
+            let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+            ctx.chain = Some(Chain::new(plugins, ctx.request_id.clone(), client));
+        }
         Ok(())
     }
 
     /// No route: answer 404 here; nothing goes upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if ctx.route.is_some() {
-            return Ok(false);
+            let Some(chain) = ctx.chain.as_mut() else {
+                return Ok(false);
+            };
+            let callouts = &self.plugins.callouts;
+            return match chain
+                .request_headers(session.req_header_mut(), callouts)
+                .await
+            {
+                Outcome::Continue => Ok(false),
+                Outcome::Respond(local) => {
+                    send_local(session, local, &ctx.request_id).await?;
+                    Ok(true)
+                }
+            };
         }
         let path = session.req_header().uri.path().to_string();
         respond_json(
@@ -326,7 +390,32 @@ impl ProxyHttp for EdgeProxy {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
         ctx.cache_result = cache_result(session.cache.phase());
         response.insert_header("x-cache", ctx.cache_result)?;
+        let Some(chain) = ctx.chain.as_mut() else {
+            return Ok(());
+        };
+        let callouts = &self.plugins.callouts;
+        if let Outcome::Respond(local) = chain
+            .response_headers(session.req_header_mut(), response, callouts)
+            .await
+        {
+            *response = local_header(&local, &ctx.request_id)?;
+            ctx.replacement_body = Some(Bytes::from(local.body));
+        }
         Ok(())
+    }
+
+    /// A plugin's local response from a response phase replaces the upstream's body.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(replacement) = &ctx.replacement_body {
+            *body = end_of_stream.then(|| replacement.clone());
+        }
+        Ok(None)
     }
 
     /// A failed attempt: a JSON body that names the upstream and what went wrong.
@@ -374,6 +463,10 @@ impl ProxyHttp for EdgeProxy {
     /// Metrics and the access log line; upstream errors counted by kind.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.metrics.in_flight.dec();
+        if let Some(chain) = ctx.chain.as_mut() {
+            let code = session.response_written().map(|r| r.status.as_u16());
+            chain.finish(session.req_header_mut(), code);
+        }
         let status_code = session.response_written().map(|r| r.status);
         let status = status_code.map_or(0, |s| s.as_u16());
         let ctx = &*ctx;

@@ -12,6 +12,7 @@ pub mod edge;
 pub mod errors;
 pub mod hygiene;
 pub mod metrics;
+pub mod plugin;
 pub mod routing;
 pub mod upstream;
 
@@ -42,7 +43,7 @@ pub fn build_server(
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
     upgrade: bool,
-) -> Server {
+) -> Result<Server, plugin::PluginError> {
     let opt = Opt {
         upgrade,
         ..Opt::default()
@@ -53,7 +54,25 @@ pub fn build_server(
     let cache = cache::storage::MokaStorage::leak(config.cache_max_bytes);
     let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl =
         Box::leak(pingora::cache::lock::CacheLock::new_boxed(CACHE_LOCK_AGE));
-    let proxy = edge::EdgeProxy::new(config.clone(), metrics.clone(), cache, cache_lock);
+    let plugins = Arc::new(plugin::PluginHost::start(
+        &config.plugins,
+        &config.plugin_host,
+        metrics.clone(),
+    )?);
+    let callouts = Arc::new(plugin::callout::Callouts::new(
+        config.upstreams.clone(),
+        &server.configuration,
+    ));
+    let proxy = edge::EdgeProxy::new(
+        config.clone(),
+        metrics.clone(),
+        cache,
+        cache_lock,
+        edge::Plugins {
+            host: plugins,
+            callouts,
+        },
+    );
     let mut data_plane =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "edge-proxy");
     data_plane.add_listener(
@@ -68,7 +87,7 @@ pub fn build_server(
 
     server.add_service(data_plane);
     server.add_service(admin);
-    server
+    Ok(server)
 }
 
 /// Shutdown requests from Unix signals (SIGTERM graceful, SIGINT fast, SIGQUIT graceful
@@ -142,6 +161,8 @@ pub enum StartError {
     NotListening(SocketAddr, Duration),
     #[error("cannot start the proxy thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error(transparent)]
+    Plugin(#[from] plugin::PluginError),
 }
 
 /// A proxy running on its own thread (Pingora makes its own runtimes), stopped on demand.
@@ -162,7 +183,7 @@ impl RunningProxy {
         let draining = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = oneshot::channel();
         let (listen, admin) = (config.listen, config.admin_listen);
-        let server = build_server(config, metrics.clone(), draining.clone(), false);
+        let server = build_server(config, metrics.clone(), draining.clone(), false)?;
         let signals = StopSignals::new(Some(stop_rx), false, draining);
         let thread = std::thread::Builder::new()
             .name("edge-proxy".into())

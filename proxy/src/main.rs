@@ -62,13 +62,39 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match load(&config) {
             Ok(cfg) => {
+                // Every plugin: compiled, its imports and ABI checked, started with its config.
+                let failures: Vec<String> = cfg
+                    .plugins
+                    .iter()
+                    .filter_map(|spec| {
+                        edge_proxy::plugin::PluginHost::start(
+                            std::slice::from_ref(spec),
+                            &cfg.plugin_host,
+                            Arc::new(Metrics::new()),
+                        )
+                        .err()
+                        .map(|e| e.to_string())
+                    })
+                    .collect();
+                if !failures.is_empty() {
+                    eprintln!(
+                        "{}: {} plugin problem(s):",
+                        config.display(),
+                        failures.len()
+                    );
+                    for failure in failures {
+                        eprintln!("  {failure}");
+                    }
+                    return ExitCode::from(EXIT_CONFIG);
+                }
                 println!(
-                    "{}: ok (listen {}, admin {}, {} upstream(s), {} route(s))",
+                    "{}: ok (listen {}, admin {}, {} upstream(s), {} route(s), {} plugin(s))",
                     config.display(),
                     cfg.listen,
                     cfg.admin_listen,
                     cfg.upstreams.len(),
-                    cfg.router.routes().count()
+                    cfg.router.routes().count(),
+                    cfg.plugins.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -83,12 +109,18 @@ fn main() -> ExitCode {
                     cfg.admin_listen
                 );
                 let draining = Arc::new(AtomicBool::new(false));
-                let server = edge_proxy::build_server(
+                let server = match edge_proxy::build_server(
                     Arc::new(cfg),
                     Arc::new(Metrics::new()),
                     draining.clone(),
                     upgrade,
-                );
+                ) {
+                    Ok(server) => server,
+                    Err(e) => {
+                        eprintln!("edge-proxy: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                };
                 let signals = edge_proxy::StopSignals::new(None, true, draining);
                 server.run(RunArgs {
                     shutdown_signal: Box::new(signals),

@@ -30,6 +30,14 @@ pub struct Metrics {
     /// Purge requests by kind (url, category) and entries they removed.
     pub cache_purges: IntCounterVec,
     pub cache_purged_entries: IntCounterVec,
+    /// Calls into plugins by plugin and callback, their duration, and faults by kind.
+    pub plugin_calls: IntCounterVec,
+    pub plugin_call_seconds: HistogramVec,
+    pub plugin_faults: IntCounterVec,
+    /// VMs rebuilt after a fault, by plugin.
+    pub plugin_vm_restarts: IntCounterVec,
+    /// Requests a failed plugin answered 503 (`closed`) or skipped (`open`).
+    pub plugin_failure_outcomes: IntCounterVec,
 }
 
 /// Static metric definitions are startup invariants: a bad one fails every test run at once.
@@ -105,8 +113,26 @@ impl Metrics {
             cache_evictions: register(&r, IntGauge::new("edge_cache_evictions", "Entries evicted to stay within cache.max_bytes, since start.").expect("valid gauge definition")),
             cache_purges: register(&r, counter_vec("edge_cache_purges_total", "Purge requests by kind.", &["kind"])),
             cache_purged_entries: register(&r, counter_vec("edge_cache_purged_entries_total", "Entries removed by purges, by kind.", &["kind"])),
+            plugin_calls: register(&r, counter_vec("edge_plugin_calls_total", "Calls into plugins by plugin and callback.", &["plugin", "callback"])),
+            plugin_call_seconds: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("edge_plugin_call_duration_seconds", "Time in one plugin callback.")
+                        .buckets(vec![0.000_001, 0.000_005, 0.000_02, 0.000_1, 0.000_5, 0.002, 0.01, 0.05, 0.25, 1.0]),
+                    &["plugin", "callback"],
+                )
+                .expect("valid histogram definition"),
+            ),
+            plugin_faults: register(&r, counter_vec("edge_plugin_faults_total", "Plugin calls that trapped, overran their CPU deadline or their memory cap.", &["plugin", "callback", "kind"])),
+            plugin_vm_restarts: register(&r, counter_vec("edge_plugin_vm_restarts_total", "Plugin VMs rebuilt after a fault.", &["plugin"])),
+            plugin_failure_outcomes: register(&r, counter_vec("edge_plugin_failure_outcomes_total", "Requests hit by a plugin fault, by the plugin's failure mode (closed: 503, open: skipped).", &["plugin", "mode"])),
             registry: r,
         }
+    }
+
+    /// The registry, for series defined at run time (plugin metrics).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn render(&self) -> Vec<u8> {

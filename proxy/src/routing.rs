@@ -13,6 +13,8 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     /// `None`: responses on this route are never cached.
     pub cache: Option<CachePolicy>,
+    /// Indexes of the plugins run on this route, in order.
+    pub plugins: Vec<usize>,
 }
 
 /// How a route's responses are cached.
@@ -75,6 +77,7 @@ mod tests {
             path_prefix: prefix.into(),
             upstream: Arc::new(Upstream::new("u", vec![], None, None, settings)),
             cache: None,
+            plugins: vec![],
         }
     }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::plugins::{PluginFile, PluginHostFile};
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
@@ -15,6 +17,8 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<String, UpstreamFile>,
     pub routes: Vec<RouteFile>,
     pub cache: CacheFile,
+    pub plugins: Vec<PluginFile>,
+    pub plugin_host: PluginHostFile,
 }
 
 impl Default for FileConfig {
@@ -26,6 +30,8 @@ impl Default for FileConfig {
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
             cache: CacheFile::default(),
+            plugins: Vec::new(),
+            plugin_host: PluginHostFile::default(),
         }
     }
 }
@@ -145,6 +151,9 @@ pub struct RouteFile {
     pub upstream: String,
     #[serde(default)]
     pub cache: Option<RouteCacheFile>,
+    /// Plugin names, run in this order on every request of the route (before the cache).
+    #[serde(default)]
+    pub plugins: Vec<String>,
 }
 
 /// The shared response cache.

@@ -2,6 +2,7 @@
 //! `path: problem (hint)`) -> `runtime.rs` (compiled, immutable, shared behind an `Arc`).
 
 mod file;
+mod plugins;
 mod runtime;
 mod validate;
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 
+use crate::plugin::{HostSettings, PluginSpec};
 use crate::routing::Router;
 use crate::upstream::Upstream;
 
@@ -37,6 +38,9 @@ pub struct RuntimeConfig {
     pub purge_token: Option<String>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub router: Router,
+    /// Every configured plugin; routes refer to them by index.
+    pub plugins: Vec<PluginSpec>,
+    pub plugin_host: HostSettings,
 }
 
 impl RuntimeConfig {

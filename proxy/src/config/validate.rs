@@ -154,6 +154,15 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             Some("add at least one { name, path_prefix, upstream }"),
         );
     }
+    let upstream_names: BTreeSet<&str> = file.upstreams.keys().map(String::as_str).collect();
+    let (plugins, plugin_host) = super::plugins::validate(
+        &file.plugins,
+        &file.plugin_host,
+        &upstream_names,
+        file.server.threads.max(1),
+        base,
+        &mut problems,
+    );
     let mut names = BTreeSet::new();
     let mut routes = Vec::new();
     for (i, route) in file.routes.iter().enumerate() {
@@ -196,12 +205,14 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                 lock_timeout: c.lock_timeout,
             }
         });
+        let chain = super::plugins::route_chain(i, &route.plugins, &plugins, &mut problems);
         match upstreams.get(&route.upstream) {
             Some(upstream) => routes.push(Route {
                 name: route.name.clone(),
                 path_prefix: route.path_prefix.clone(),
                 upstream: upstream.clone(),
                 cache,
+                plugins: chain,
             }),
             None => {
                 let known: Vec<&str> = file.upstreams.keys().map(String::as_str).collect();
@@ -249,6 +260,8 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             purge_token,
             upstreams,
             router: Router::new(routes),
+            plugins,
+            plugin_host,
         }),
         _ => Err(problems.into_vec()),
     }

@@ -108,7 +108,8 @@ pub fn read_metric(text: &str, series: &str) -> f64 {
 }
 
 /// A plain-HTTP upstream answering every request with its method, path and headers as JSON.
-/// Query parameters `h-<name>=<value>` become response headers; `hits` counts requests.
+/// Query parameters `h-<name>=<value>` become response headers, `status=<code>` sets the
+/// status; `hits` counts requests.
 pub struct Echo {
     pub addr: SocketAddr,
     pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -151,6 +152,14 @@ pub async fn start_counting_echo() -> Echo {
                         let mut response = http::Response::new(http_body_util::Full::new(
                             bytes::Bytes::from(body.to_string()),
                         ));
+                        let query = req.uri().query().unwrap_or_default().to_string();
+                        if let Some((_, code)) = form_urlencoded_pairs(&query)
+                            .into_iter()
+                            .find(|(k, _)| k == "status")
+                        {
+                            *response.status_mut() =
+                                code.parse::<u16>().unwrap().try_into().unwrap();
+                        }
                         let h = response.headers_mut();
                         h.insert("connection", "keep-alive, x-upstream-hop".parse().unwrap());
                         h.insert("x-upstream-hop", "secret".parse().unwrap());
@@ -189,6 +198,33 @@ fn form_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// The `.wasm` of test plugin `name`, building every plugin under `plugins/` once per test
+/// binary (release, wasm32-wasip1; cargo skips it when nothing changed).
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "--manifest-path",
+            ])
+            .arg(root.join("Cargo.toml"))
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the plugins under plugins/ failed"
+        );
+    });
+    root.join("target/wasm32-wasip1/release")
+        .join(format!("{name}.wasm"))
 }
 
 pub struct Proxy {

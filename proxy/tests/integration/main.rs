@@ -9,5 +9,6 @@ mod cache;
 mod cli;
 mod common;
 mod hygiene;
+mod plugins;
 mod proxying;
 mod transport;

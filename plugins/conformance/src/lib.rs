@@ -1,0 +1,210 @@
+//! A filter written as any Envoy plugin author would (unmodified `proxy-wasm` SDK), used by the
+//! host's integration tests. The request header `x-probe` picks a behaviour:
+//! `deny` (local 403), `trap` (panic), `loop` (spins past the CPU deadline), `bomb` (allocates
+//! past the memory cap), `count` (CAS increment of shared data), `callout` (asks the `authz`
+//! upstream, 200 resumes and 403 denies), `callout-unknown` (an upstream not allowed).
+//! Every request also gets header edits both ways, config and property round trips, a metric.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use serde::Deserialize;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+#[derive(Debug, Default, Deserialize)]
+struct Config {
+    #[serde(default)]
+    greeting: String,
+    #[serde(default)]
+    reject: bool,
+}
+
+#[derive(Default)]
+struct Root {
+    config: Rc<Config>,
+    requests_metric: u32,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        self.requests_metric =
+            proxy_wasm::hostcalls::define_metric(MetricType::Counter, "conformance_requests_total")
+                .unwrap_or(0);
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config: Config = serde_json::from_slice(&bytes).unwrap_or_default();
+        if config.reject {
+            return false;
+        }
+        self.config = Rc::new(config);
+        true
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Probe {
+            config: self.config.clone(),
+            requests_metric: self.requests_metric,
+        }))
+    }
+}
+
+struct Probe {
+    config: Rc<Config>,
+    requests_metric: u32,
+}
+
+impl Context for Probe {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let status = self.get_http_call_response_header(":status");
+        let body = self
+            .get_http_call_response_body(0, 1024)
+            .unwrap_or_default();
+        if status.as_deref() == Some("200") {
+            self.set_http_request_header("x-authz-body", Some(&String::from_utf8_lossy(&body)));
+            self.resume_http_request();
+        } else {
+            let code = status.unwrap_or_else(|| "failed".into());
+            self.send_http_response(
+                403,
+                vec![("x-authz-status", code.as_str())],
+                Some(b"callout denied"),
+            );
+        }
+    }
+}
+
+impl Probe {
+    fn increment_shared(&self, key: &str) {
+        loop {
+            let (value, cas) = self.get_shared_data(key);
+            let n: u64 = value
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            if self
+                .set_shared_data(key, Some((n + 1).to_string().as_bytes()), cas)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+}
+
+impl HttpContext for Probe {
+    fn on_http_request_headers(&mut self, _headers: usize, _end: bool) -> Action {
+        let _ = proxy_wasm::hostcalls::increment_metric(self.requests_metric, 1);
+        self.add_http_request_header("x-plugin-seen", "yes");
+        self.set_http_request_header("x-replace-me", Some("replaced"));
+        self.set_http_request_header("x-remove-me", None);
+        if let Some(client) = self.get_http_request_header("x-client") {
+            self.set_property(vec!["conformance", "client"], Some(client.as_bytes()));
+        }
+        match self.get_http_request_header("x-probe").as_deref() {
+            Some("deny") => {
+                self.send_http_response(
+                    403,
+                    vec![("x-denied-by", "conformance")],
+                    Some(b"denied by plugin"),
+                );
+                Action::Pause
+            }
+            Some("trap") => panic!("conformance: asked to trap"),
+            Some("loop") => {
+                let mut n: u64 = 0;
+                loop {
+                    n = n.wrapping_add(1);
+                    if n == u64::MAX {
+                        return Action::Continue;
+                    }
+                    std::hint::black_box(n);
+                }
+            }
+            Some("bomb") => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 16 * 1024 * 1024]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Some("count") => {
+                self.increment_shared("conformance/count");
+                Action::Continue
+            }
+            Some(probe @ ("callout" | "callout-unknown")) => {
+                let upstream = if probe == "callout" {
+                    "authz"
+                } else {
+                    "not-allowed"
+                };
+                let path = self
+                    .get_http_request_header("x-authz-path")
+                    .unwrap_or_else(|| "/allow".into());
+                let headers = vec![
+                    (":method", "GET"),
+                    (":path", path.as_str()),
+                    (":authority", "authz"),
+                ];
+                match self.dispatch_http_call(
+                    upstream,
+                    headers,
+                    None,
+                    vec![],
+                    Duration::from_secs(5),
+                ) {
+                    Ok(_) => Action::Pause,
+                    Err(status) => {
+                        let why = format!("{status:?}");
+                        self.send_http_response(
+                            502,
+                            vec![("x-callout-error", why.as_str())],
+                            Some(b"callout refused"),
+                        );
+                        Action::Pause
+                    }
+                }
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end: bool) -> Action {
+        self.set_http_response_header("x-greeting", Some(&self.config.greeting));
+        self.add_http_response_header("x-plugin-response", "yes");
+        self.set_http_response_header("x-drop-me", None);
+        if let Some(path) = self.get_property(vec!["request", "path"]) {
+            self.set_http_response_header("x-seen-path", Some(&String::from_utf8_lossy(&path)));
+        }
+        if let Some(client) = self.get_property(vec!["conformance", "client"]) {
+            self.set_http_response_header("x-seen-client", Some(&String::from_utf8_lossy(&client)));
+        }
+        if let (Some(count), _) = self.get_shared_data("conformance/count") {
+            self.set_http_response_header("x-count", Some(&String::from_utf8_lossy(&count)));
+        }
+        if let Some(cache) = self.get_http_response_header("x-cache") {
+            self.set_http_response_header("x-seen-cache", Some(&cache));
+        }
+        Action::Continue
+    }
+}

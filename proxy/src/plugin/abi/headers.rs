@@ -1,0 +1,300 @@
+//! Header maps: the request and response headers of the current exchange (with the HTTP/2-style
+//! pseudo-headers Envoy plugins expect: `:method`, `:path`, `:authority`, `:scheme`, `:status`),
+//! and a callout's response headers. Trailers are empty maps (Pingora's HTTP/1 has none).
+//! Maps are read and written in the ABI's pair serialization (`pairs.rs`).
+
+use http::header::{HeaderName, HeaderValue};
+use wasmtime::Caller;
+
+use super::{status, Registrar};
+use crate::plugin::state::HostState;
+use crate::plugin::{memory, pairs};
+
+const REQUEST_HEADERS: u32 = 0;
+const RESPONSE_HEADERS: u32 = 2;
+const CALL_RESPONSE_HEADERS: u32 = 6;
+
+/// Every (name, value) of map `map`, pseudo-headers first; empty when not available now.
+pub fn pairs_of(state: &HostState, map: u32) -> Vec<(String, Vec<u8>)> {
+    match map {
+        REQUEST_HEADERS if state.request_live => {
+            let request = &state.request_headers;
+            let mut out = pseudo_request(state);
+            out.extend(
+                request
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())),
+            );
+            out
+        }
+        RESPONSE_HEADERS if state.response_live => {
+            let response = &state.response_headers;
+            let mut out = vec![(
+                ":status".to_string(),
+                response.status.as_str().as_bytes().to_vec(),
+            )];
+            out.extend(
+                response
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())),
+            );
+            out
+        }
+        CALL_RESPONSE_HEADERS => state
+            .callout_response
+            .as_ref()
+            .map(|r| r.headers.clone())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn pseudo_request(state: &HostState) -> Vec<(String, Vec<u8>)> {
+    let request = &state.request_headers;
+    let path = request
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .as_bytes()
+        .to_vec();
+    let authority = request
+        .headers
+        .get(http::header::HOST)
+        .map(|h| h.as_bytes().to_vec())
+        .or_else(|| {
+            request
+                .uri
+                .authority()
+                .map(|a| a.as_str().as_bytes().to_vec())
+        })
+        .unwrap_or_default();
+    vec![
+        (
+            ":method".into(),
+            request.method.as_str().as_bytes().to_vec(),
+        ),
+        (":path".into(), path),
+        (":authority".into(), authority),
+        (":scheme".into(), b"http".to_vec()),
+    ]
+}
+
+/// The value of one header (first one when repeated), pseudo-headers included.
+fn value_of(state: &HostState, map: u32, name: &str) -> Option<Vec<u8>> {
+    let name = name.to_ascii_lowercase();
+    if name.starts_with(':') || map == CALL_RESPONSE_HEADERS {
+        return pairs_of(state, map)
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+            .map(|(_, v)| v);
+    }
+    let headers = match map {
+        REQUEST_HEADERS if state.request_live => &state.request_headers.headers,
+        RESPONSE_HEADERS if state.response_live => &state.response_headers.headers,
+        _ => return None,
+    };
+    headers.get(name.as_str()).map(|v| v.as_bytes().to_vec())
+}
+
+/// How a write changes a header map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Edit {
+    Add,
+    Replace,
+    Remove,
+}
+
+/// Applies one edit; a bad name or value is logged and ignored (the SDK accepts only Ok).
+fn edit(state: &mut HostState, map: u32, name: &str, value: &[u8], how: Edit) {
+    let name = name.to_ascii_lowercase();
+    let result = match (map, name.as_str()) {
+        (REQUEST_HEADERS, ":path") if state.request_live && how != Edit::Remove => {
+            match std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<http::Uri>().ok())
+            {
+                Some(uri) => {
+                    state.request_headers.set_uri(uri);
+                    Ok(())
+                }
+                None => Err("not a valid path".to_string()),
+            }
+        }
+        (REQUEST_HEADERS, ":method") if state.request_live && how != Edit::Remove => {
+            match http::Method::from_bytes(value) {
+                Ok(method) => {
+                    state.request_headers.set_method(method);
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        (RESPONSE_HEADERS, ":status") if state.response_live && how != Edit::Remove => {
+            match std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<u16>().ok())
+            {
+                Some(code) => state
+                    .response_headers
+                    .set_status(code)
+                    .map_err(|e| e.to_string()),
+                None => Err("not a status code".to_string()),
+            }
+        }
+        (_, n) if n.starts_with(':') => Err("pseudo-header cannot be changed this way".to_string()),
+        (REQUEST_HEADERS, _) if state.request_live => {
+            apply(&mut state.request_headers, &name, value, how)
+        }
+        (RESPONSE_HEADERS, _) if state.response_live => {
+            apply(&mut state.response_headers, &name, value, how)
+        }
+        _ => Err("this header map is not available in this callback".to_string()),
+    };
+    if let Err(problem) = result {
+        tracing::warn!(target: "plugin", plugin = %state.plugin.name, map, header = %name, %problem, "header edit ignored");
+    }
+}
+
+/// Pingora's header types keep a case map in step with the values: edit through their API.
+trait EditHeaders {
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()>;
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<bool>;
+    fn remove(&mut self, name: &HeaderName);
+}
+
+impl EditHeaders for pingora::http::RequestHeader {
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+        self.insert_header(name, value)
+    }
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<bool> {
+        self.append_header(name, value)
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl EditHeaders for pingora::http::ResponseHeader {
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+        self.insert_header(name, value)
+    }
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<bool> {
+        self.append_header(name, value)
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+fn apply(
+    headers: &mut impl EditHeaders,
+    name: &str,
+    value: &[u8],
+    how: Edit,
+) -> Result<(), String> {
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+    if how == Edit::Remove {
+        headers.remove(&name);
+        return Ok(());
+    }
+    let value = HeaderValue::from_bytes(value).map_err(|e| e.to_string())?;
+    match how {
+        Edit::Add => headers.append(name, value).map(|_| ()),
+        _ => headers.insert(name, value),
+    }
+    .map_err(|e| e.to_string())
+}
+
+pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_get_header_map_pairs",
+        |mut caller: Caller<'_, HostState>,
+         map: u32,
+         data_out: u32,
+         size_out: u32|
+         -> wasmtime::Result<u32> {
+            let bytes = pairs::serialize(&pairs_of(caller.data(), map));
+            memory::give(&mut caller, &bytes, data_out, size_out)?;
+            Ok(status::OK)
+        },
+    )?;
+    r.env(
+        "proxy_set_header_map_pairs",
+        |mut caller: Caller<'_, HostState>,
+         map: u32,
+         ptr: u32,
+         len: u32|
+         -> wasmtime::Result<u32> {
+            let bytes = memory::read(&caller, ptr, len)?;
+            let new_pairs = pairs::deserialize(&bytes)?;
+            let state = caller.data_mut();
+            let old: Vec<String> = pairs_of(state, map).into_iter().map(|(k, _)| k).collect();
+            for name in old.iter().filter(|n| !n.starts_with(':')) {
+                edit(state, map, name, b"", Edit::Remove);
+            }
+            for (k, v) in new_pairs {
+                let name = String::from_utf8_lossy(&k).into_owned();
+                let how = if name.starts_with(':') {
+                    Edit::Replace
+                } else {
+                    Edit::Add
+                };
+                edit(state, map, &name, &v, how);
+            }
+            Ok(status::OK)
+        },
+    )?;
+    r.env(
+        "proxy_get_header_map_value",
+        |mut caller: Caller<'_, HostState>,
+         map: u32,
+         key: u32,
+         key_len: u32,
+         data_out: u32,
+         size_out: u32|
+         -> wasmtime::Result<u32> {
+            let name = memory::read_string(&caller, key, key_len)?;
+            match value_of(caller.data(), map, &name) {
+                Some(value) => {
+                    memory::give(&mut caller, &value, data_out, size_out)?;
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    for (name, how) in [
+        ("proxy_replace_header_map_value", Edit::Replace),
+        ("proxy_add_header_map_value", Edit::Add),
+    ] {
+        r.env(
+            name,
+            move |mut caller: Caller<'_, HostState>,
+                  map: u32,
+                  key: u32,
+                  key_len: u32,
+                  value: u32,
+                  value_len: u32|
+                  -> wasmtime::Result<u32> {
+                let name = memory::read_string(&caller, key, key_len)?;
+                let value = memory::read(&caller, value, value_len)?;
+                edit(caller.data_mut(), map, &name, &value, how);
+                Ok(status::OK)
+            },
+        )?;
+    }
+    r.env(
+        "proxy_remove_header_map_value",
+        |mut caller: Caller<'_, HostState>,
+         map: u32,
+         key: u32,
+         key_len: u32|
+         -> wasmtime::Result<u32> {
+            let name = memory::read_string(&caller, key, key_len)?;
+            edit(caller.data_mut(), map, &name, b"", Edit::Remove);
+            Ok(status::OK)
+        },
+    )
+}

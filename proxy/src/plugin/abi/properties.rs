@@ -1,0 +1,91 @@
+//! Properties: a path of NUL-separated segments. Request attributes come from the exchange
+//! (`request.path`, `request.url_path`, `request.host`, `request.method`, `request.scheme`,
+//! `request.id`, `request.query`, `request.headers.<name>`), the peer from the connection
+//! (`source.address` as `ip:port`, `source.port`), the response status (`response.code`), the
+//! plugin's identity (`plugin_name`, `plugin_root_id`). Numbers are 8-byte little-endian
+//! integers, as Envoy encodes them. Any other path is a custom property: plugins may set it
+//! and later plugins of the chain read it (e.g. the client id auth hands to the rate limiter).
+
+use wasmtime::Caller;
+
+use super::{status, Registrar};
+use crate::plugin::memory;
+use crate::plugin::state::HostState;
+
+fn int(value: i64) -> Vec<u8> {
+    value.to_le_bytes().to_vec()
+}
+
+/// The value of property `path` (segments), if known.
+pub fn lookup(state: &HostState, path: &[&str]) -> Option<Vec<u8>> {
+    let request = state.request_live.then_some(&state.request_headers);
+    let exchange = &state.exchange;
+    let text = |s: &str| Some(s.as_bytes().to_vec());
+    match path {
+        ["plugin_name"] | ["plugin_root_id"] => text(&state.plugin.name),
+        ["request", "path"] => text(request?.uri.path_and_query().map_or("/", |p| p.as_str())),
+        ["request", "url_path"] => text(request?.uri.path()),
+        ["request", "query"] => text(request?.uri.query().unwrap_or_default()),
+        ["request", "host"] => request?
+            .headers
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes().to_vec())
+            .or_else(|| text(request?.uri.host().unwrap_or_default())),
+        ["request", "method"] => text(request?.method.as_str()),
+        ["request", "scheme"] => text("http"),
+        ["request", "protocol"] => text("HTTP/1.1"),
+        ["request", "id"] => text(&exchange.request_id),
+        ["request", "headers", name] => request?.headers.get(*name).map(|v| v.as_bytes().to_vec()),
+        ["source", "address"] => exchange.client.map(|a| a.to_string().into_bytes()),
+        ["source", "port"] => exchange.client.map(|a| int(i64::from(a.port()))),
+        ["response", "code"] => state
+            .response_live
+            .then(|| state.response_headers.status.as_u16())
+            .or(exchange.response_code)
+            .map(|c| int(i64::from(c))),
+        custom => exchange.properties.get(&custom.join(".")).cloned(),
+    }
+}
+
+fn segments(raw: &[u8]) -> Vec<String> {
+    raw.split(|b| *b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_get_property",
+        |mut caller: Caller<'_, HostState>,
+         path: u32,
+         len: u32,
+         data_out: u32,
+         size_out: u32|
+         -> wasmtime::Result<u32> {
+            let raw = memory::read(&caller, path, len)?;
+            let owned = segments(&raw);
+            let parts: Vec<&str> = owned.iter().map(String::as_str).collect();
+            match lookup(caller.data(), &parts) {
+                Some(value) => {
+                    memory::give(&mut caller, &value, data_out, size_out)?;
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    r.env(
+        "proxy_set_property",
+        |mut caller: Caller<'_, HostState>,
+         path: u32,
+         len: u32,
+         value: u32,
+         value_len: u32|
+         -> wasmtime::Result<u32> {
+            let key = segments(&memory::read(&caller, path, len)?).join(".");
+            let value = memory::read(&caller, value, value_len)?;
+            caller.data_mut().exchange.properties.insert(key, value);
+            Ok(status::OK)
+        },
+    )
+}

@@ -1,0 +1,50 @@
+//! Shared data: the host-wide store (`plugin/shared_data.rs`) behind `proxy_get_shared_data` and
+//! `proxy_set_shared_data`, with CAS. A value too large for the store is refused as a CAS
+//! mismatch (the only failure the SDK accepts for a write) and logged.
+
+use wasmtime::Caller;
+
+use super::{status, Registrar};
+use crate::plugin::memory;
+use crate::plugin::shared_data::SetError;
+use crate::plugin::state::HostState;
+
+pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_get_shared_data",
+        |mut caller: Caller<'_, HostState>,
+         key: u32,
+         key_len: u32,
+         data_out: u32,
+         size_out: u32,
+         cas_out: u32|
+         -> wasmtime::Result<u32> {
+            let key = memory::read_string(&caller, key, key_len)?;
+            let found = caller.data().plugin.shared_data.get(&key);
+            match found {
+                Some((value, cas)) => {
+                    memory::give(&mut caller, &value, data_out, size_out)?;
+                    memory::write_u32(&mut caller, cas_out, cas)?;
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    r.env(
+        "proxy_set_shared_data",
+        |caller: Caller<'_, HostState>, key: u32, key_len: u32, value: u32, value_len: u32, cas: u32| -> wasmtime::Result<u32> {
+            let key = memory::read_string(&caller, key, key_len)?;
+            let value = memory::read(&caller, value, value_len)?;
+            let plugin = &caller.data().plugin;
+            Ok(match plugin.shared_data.set(&key, &value, cas) {
+                Ok(()) => status::OK,
+                Err(SetError::CasMismatch) => status::CAS_MISMATCH,
+                Err(SetError::TooLarge) => {
+                    tracing::warn!(target: "plugin", plugin = %plugin.name, %key, bytes = value.len(), "shared data value larger than the store");
+                    status::CAS_MISMATCH
+                }
+            })
+        },
+    )
+}

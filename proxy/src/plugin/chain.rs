@@ -1,0 +1,324 @@
+//! A route's plugin chain for one request: the VM of each plugin the request is pinned to, its
+//! HTTP context there, and the request's [`Exchange`] (moved into each VM's store for the length
+//! of a callback, so plugins of a chain share properties). The proxy phases call
+//! [`Chain::request_headers`], [`Chain::response_headers`] and [`Chain::finish`]. A fault in a
+//! plugin discards its VM (rebuilt on next use) and applies the plugin's failure mode.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use super::callout::Callouts;
+use super::host::RunningPlugin;
+use super::state::{Exchange, LocalResponse};
+use super::vm::{Action, Vm};
+use super::{FailureMode, Fault};
+
+/// How a phase ended for the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Continue,
+    /// Answer with this response (a plugin's local response, or 503 for a failed plugin).
+    Respond(LocalResponse),
+}
+
+#[derive(Debug)]
+struct Link {
+    plugin: Arc<RunningPlugin>,
+    slot: usize,
+    /// The VM generation and context id the request has there, once created.
+    context: Option<(u64, u32)>,
+    /// Skipped for the rest of the request (failed, `open` mode).
+    skipped: bool,
+}
+
+/// Which headers a callback sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    RequestHeaders,
+    ResponseHeaders,
+}
+
+/// The plugin state of one request.
+#[derive(Debug)]
+pub struct Chain {
+    links: Vec<Link>,
+    pub exchange: Exchange,
+}
+
+/// The 503 a failed `closed` plugin answers with.
+fn failed_response(plugin: &str, why: &str) -> LocalResponse {
+    let body = serde_json::json!({
+        "error": {"code": "plugin_failed", "message": format!("plugin `{plugin}` failed: {why}")}
+    });
+    LocalResponse {
+        status: 503,
+        details: format!("plugin_failed:{plugin}"),
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// Moves the request's exchange and headers into the VM's store for one callback and back.
+fn with_exchange<R>(
+    vm: &mut Vm,
+    exchange: &mut Exchange,
+    request: &mut RequestHeader,
+    response: Option<&mut ResponseHeader>,
+    call: impl FnOnce(&mut Vm) -> R,
+) -> R {
+    let state = vm.state_mut();
+    std::mem::swap(&mut state.exchange, exchange);
+    std::mem::swap(&mut state.request_headers, request);
+    state.request_live = true;
+    let has_response = response.is_some();
+    let mut response = response;
+    if let Some(r) = &mut response {
+        std::mem::swap(&mut state.response_headers, r);
+        state.response_live = true;
+    }
+    let result = call(vm);
+    let state = vm.state_mut();
+    std::mem::swap(&mut state.exchange, exchange);
+    std::mem::swap(&mut state.request_headers, request);
+    state.request_live = false;
+    if has_response {
+        if let Some(r) = &mut response {
+            std::mem::swap(&mut state.response_headers, r);
+        }
+        state.response_live = false;
+    }
+    state.callout_response = None;
+    result
+}
+
+impl Chain {
+    pub fn new(
+        plugins: Vec<Arc<RunningPlugin>>,
+        request_id: String,
+        client: Option<SocketAddr>,
+    ) -> Self {
+        let links = plugins
+            .into_iter()
+            .map(|plugin| Link {
+                slot: plugin.pick_slot(),
+                plugin,
+                context: None,
+                skipped: false,
+            })
+            .collect();
+        Self {
+            links,
+            exchange: Exchange {
+                request_id,
+                client,
+                ..Exchange::default()
+            },
+        }
+    }
+
+    /// Runs `on_request_headers` down the chain (before the cache: hits are filtered too).
+    pub async fn request_headers(
+        &mut self,
+        request: &mut RequestHeader,
+        callouts: &Callouts,
+    ) -> Outcome {
+        self.run(Phase::RequestHeaders, request, None, callouts)
+            .await
+    }
+
+    /// Runs `on_response_headers` down the chain (hits and misses alike).
+    pub async fn response_headers(
+        &mut self,
+        request: &mut RequestHeader,
+        response: &mut ResponseHeader,
+        callouts: &Callouts,
+    ) -> Outcome {
+        self.exchange.response_code = Some(response.status.as_u16());
+        self.run(Phase::ResponseHeaders, request, Some(response), callouts)
+            .await
+    }
+
+    async fn run(
+        &mut self,
+        phase: Phase,
+        request: &mut RequestHeader,
+        mut response: Option<&mut ResponseHeader>,
+        callouts: &Callouts,
+    ) -> Outcome {
+        for index in 0..self.links.len() {
+            if self.links[index].skipped {
+                continue;
+            }
+            let step = self
+                .step(index, phase, request, response.as_deref_mut(), callouts)
+                .await;
+            match step {
+                Ok(None) => {}
+                Ok(Some(local)) => return Outcome::Respond(local),
+                Err(fault) => {
+                    if let Some(local) = self.fail(index, &fault) {
+                        return Outcome::Respond(local);
+                    }
+                }
+            }
+        }
+        Outcome::Continue
+    }
+
+    /// One plugin's callback for `phase`, then any callouts it dispatched; returns its local
+    /// response, if any.
+    async fn step(
+        &mut self,
+        index: usize,
+        phase: Phase,
+        request: &mut RequestHeader,
+        mut response: Option<&mut ResponseHeader>,
+        callouts: &Callouts,
+    ) -> Result<Option<LocalResponse>, String> {
+        let plugin = self.links[index].plugin.clone();
+        let (dispatched, context) = {
+            let mut guard = plugin
+                .lock(self.links[index].slot)
+                .map_err(|e| e.to_string())?;
+            let generation = guard.generation;
+            let Some(vm) = guard.vm() else {
+                return Err("no VM".into());
+            };
+            let context = match self.links[index].context {
+                Some((g, id)) if g == generation => id,
+                Some(_) => return Err("its VM was rebuilt while the request was in flight".into()),
+                None => {
+                    let id = vm.create_http_context().map_err(|f| {
+                        guard.discard();
+                        f.to_string()
+                    })?;
+                    self.links[index].context = Some((generation, id));
+                    id
+                }
+            };
+            let Some(vm) = guard.vm() else {
+                return Err("no VM".into());
+            };
+            let header_count = |n: usize| u32::try_from(n + 4).unwrap_or(u32::MAX);
+            let result = with_exchange(
+                vm,
+                &mut self.exchange,
+                request,
+                response.as_deref_mut(),
+                |vm| {
+                    match phase {
+                        Phase::RequestHeaders => {
+                            let n = header_count(vm.state().request_headers.headers.len());
+                            vm.on_request_headers(context, n, true)
+                        }
+                        Phase::ResponseHeaders => {
+                            let n = header_count(vm.state().response_headers.headers.len());
+                            vm.on_response_headers(context, n, false)
+                        }
+                    }
+                    .map(|action| (action, std::mem::take(&mut vm.state_mut().callouts)))
+                },
+            );
+            match result {
+                Ok(done) => (done, context),
+                Err(fault) => {
+                    guard.discard();
+                    return Err(fault.to_string());
+                }
+            }
+        };
+        if let Some(local) = self.exchange.local_response.take() {
+            return Ok(Some(local));
+        }
+        let (action, mut pending) = dispatched;
+        if action == Action::Continue && pending.is_empty() {
+            return Ok(None);
+        }
+        // Paused: run the callouts off the VM lock, then deliver each answer.
+        while !pending.is_empty() {
+            let answers = callouts.run_all(std::mem::take(&mut pending)).await;
+            for (token, answer) in answers {
+                let mut guard = plugin
+                    .lock(self.links[index].slot)
+                    .map_err(|e| e.to_string())?;
+                if self.links[index].context.map(|(g, _)| g) != Some(guard.generation) {
+                    return Err("its VM was rebuilt while the request was in flight".into());
+                }
+                let Some(vm) = guard.vm() else {
+                    return Err("no VM".into());
+                };
+                let result = with_exchange(
+                    vm,
+                    &mut self.exchange,
+                    request,
+                    response.as_deref_mut(),
+                    |vm| {
+                        let (headers, body) = answer.sizes();
+                        vm.state_mut().callout_response = answer.response;
+                        vm.on_http_call_response(context, token, headers, body)
+                            .map(|()| std::mem::take(&mut vm.state_mut().callouts))
+                    },
+                );
+                match result {
+                    Ok(more) => pending.extend(more),
+                    Err(fault) => {
+                        guard.discard();
+                        return Err(fault.to_string());
+                    }
+                }
+                if let Some(local) = self.exchange.local_response.take() {
+                    return Ok(Some(local));
+                }
+            }
+        }
+        if action == Action::Pause && !self.exchange.resumed {
+            tracing::warn!(plugin = %plugin.name(), "plugin paused the request and did not resume it: continuing");
+        }
+        self.exchange.resumed = false;
+        Ok(None)
+    }
+
+    /// Applies plugin `index`'s failure mode after `why`; a 503 when it is `closed`.
+    fn fail(&mut self, index: usize, why: &str) -> Option<LocalResponse> {
+        let link = &mut self.links[index];
+        link.skipped = true;
+        link.context = None;
+        let plugin = link.plugin.clone();
+        let mode = plugin.failure_mode();
+        plugin.count_failure(mode);
+        tracing::warn!(plugin = %plugin.name(), ?mode, %why, "plugin failed for this request");
+        match mode {
+            FailureMode::Closed => Some(failed_response(plugin.name(), why)),
+            FailureMode::Open => None,
+        }
+    }
+
+    /// The end of the request: `on_done`, `on_log`, `on_delete` for every live context.
+    pub fn finish(&mut self, request: &mut RequestHeader, response_code: Option<u16>) {
+        if response_code.is_some() {
+            self.exchange.response_code = response_code;
+        }
+        for link in &mut self.links {
+            let Some((generation, context)) = link.context.take() else {
+                continue;
+            };
+            let Ok(mut guard) = link.plugin.lock(link.slot) else {
+                continue;
+            };
+            if guard.generation != generation {
+                continue;
+            }
+            let Some(vm) = guard.vm() else { continue };
+            let result: Result<(), Fault> =
+                with_exchange(vm, &mut self.exchange, request, None, |vm| {
+                    vm.finish_context(context)
+                });
+            if let Err(fault) = result {
+                guard.discard();
+                tracing::warn!(plugin = %link.plugin.name(), %fault, "plugin failed at the end of a request");
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The plugins of one proxy: each module compiled once (engine cache), linked against the ABI,
+//! pre-instantiated (`InstancePre`), and run in a small fixed set of VMs. A request is pinned to
+//! one VM of each plugin for its life; a VM that faulted is rebuilt by the next request that
+//! needs it, and the requests that had contexts on the old one see a new generation.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use wasmtime::{InstancePre, Linker, Module};
+
+use super::engine::{PluginEngine, PoolSize};
+use super::shared_data::SharedData;
+use super::state::{HostState, PluginShared};
+use super::stats::PluginStats;
+use super::vm::{CallMetrics, Vm};
+use super::{abi, FailureMode, HostSettings, PluginError, PluginSpec};
+use crate::metrics::Metrics;
+
+/// One VM slot: the VM (absent after a fault, until rebuilt) and its generation.
+#[derive(Debug, Default)]
+pub struct VmSlot {
+    vm: Mutex<Option<Vm>>,
+    generation: AtomicU64,
+}
+
+/// A locked, live VM of a given generation.
+pub struct VmGuard<'a> {
+    guard: MutexGuard<'a, Option<Vm>>,
+    pub generation: u64,
+}
+
+impl std::fmt::Debug for VmGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmGuard")
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl VmGuard<'_> {
+    /// The VM (always present in a guard).
+    pub fn vm(&mut self) -> Option<&mut Vm> {
+        self.guard.as_mut()
+    }
+
+    /// Drops the VM after a fault; the next user rebuilds it.
+    pub fn discard(&mut self) {
+        *self.guard = None;
+    }
+}
+
+/// A loaded plugin and its VMs.
+pub struct RunningPlugin {
+    pub spec: PluginSpec,
+    shared: Arc<PluginShared>,
+    pre: InstancePre<HostState>,
+    slots: Vec<VmSlot>,
+    next_slot: AtomicUsize,
+    deadline_ticks: u64,
+    call_metrics: CallMetrics,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for RunningPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningPlugin")
+            .field("name", &self.spec.name)
+            .field("vms", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningPlugin {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn failure_mode(&self) -> FailureMode {
+        self.spec.failure_mode
+    }
+
+    /// Counts a request hit by this plugin's failure.
+    pub fn count_failure(&self, mode: FailureMode) {
+        let mode = match mode {
+            FailureMode::Closed => "closed",
+            FailureMode::Open => "open",
+        };
+        self.metrics
+            .plugin_failure_outcomes
+            .with_label_values(&[self.spec.name.as_str(), mode])
+            .inc();
+    }
+
+    /// The VM slot a new request is pinned to (round robin).
+    pub fn pick_slot(&self) -> usize {
+        self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+    }
+
+    fn start_vm(&self) -> Result<Vm, PluginError> {
+        Vm::start(
+            &self.pre,
+            self.shared.clone(),
+            usize::try_from(self.spec.memory_bytes).unwrap_or(usize::MAX),
+            self.deadline_ticks,
+            self.call_metrics.clone(),
+        )
+    }
+
+    /// Locks slot `index`, rebuilding its VM if a fault discarded it.
+    pub fn lock(&self, index: usize) -> Result<VmGuard<'_>, PluginError> {
+        let slot = &self.slots[index % self.slots.len()];
+        let mut guard = slot.vm.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            let vm = self.start_vm()?;
+            *guard = Some(vm);
+            slot.generation.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .plugin_vm_restarts
+                .with_label_values(&[self.spec.name.as_str()])
+                .inc();
+            tracing::warn!(plugin = %self.spec.name, slot = index, "plugin VM rebuilt after a fault");
+        }
+        Ok(VmGuard {
+            guard,
+            generation: slot.generation.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Every plugin of the proxy, by index (routes refer to them by index).
+#[derive(Debug)]
+pub struct PluginHost {
+    pub plugins: Vec<Arc<RunningPlugin>>,
+    pub shared_data: Arc<SharedData>,
+    // Dropped last: it stops the epoch ticker.
+    _engine: PluginEngine,
+}
+
+fn check_imports(
+    linker_names: &[(&str, &str)],
+    module: &Module,
+    plugin: &str,
+) -> Result<(), PluginError> {
+    let missing: Vec<String> = module
+        .imports()
+        .filter(|i| !linker_names.contains(&(i.module(), i.name())))
+        .map(|i| format!("`{}::{}`", i.module(), i.name()))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PluginError::MissingImport {
+            plugin: plugin.to_string(),
+            missing: missing.join(", "),
+        })
+    }
+}
+
+impl PluginHost {
+    /// Compiles, checks and starts every plugin (all VMs run `on_vm_start`/`on_configure`).
+    pub fn start(
+        specs: &[PluginSpec],
+        settings: &HostSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, PluginError> {
+        let vms: usize = specs.iter().map(|s| s.vms).sum();
+        let pool = PoolSize {
+            // Room for every VM twice over (rebuilds overlap) plus `check` runs.
+            instances: u32::try_from(vms * 2 + 8).unwrap_or(u32::MAX),
+            max_memory_bytes: specs
+                .iter()
+                .map(|s| s.memory_bytes)
+                .max()
+                .unwrap_or(64 << 20),
+        };
+        let engine = PluginEngine::new(pool, settings.module_cache_dir.clone())?;
+        let mut linker = Linker::<HostState>::new(engine.engine());
+        let provided = abi::link(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let shared_data = Arc::new(SharedData::new(
+            settings.shared_data_max_bytes,
+            settings.shared_data_ttl_by_prefix.clone(),
+        ));
+        let stats = Arc::new(PluginStats::new(metrics.registry().clone()));
+        let mut plugins = Vec::new();
+        for spec in specs {
+            let wasm = std::fs::read(&spec.module).map_err(|source| PluginError::Read {
+                plugin: spec.name.clone(),
+                path: spec.module.display().to_string(),
+                source,
+            })?;
+            let module = engine.compile(&spec.name, &wasm)?;
+            let has_abi = module.exports().any(|e| {
+                e.name() == "proxy_abi_version_0_2_1" || e.name() == "proxy_abi_version_0_2_0"
+            });
+            if !has_abi {
+                return Err(PluginError::NoAbi {
+                    plugin: spec.name.clone(),
+                });
+            }
+            check_imports(&provided, &module, &spec.name)?;
+            let pre = linker
+                .instantiate_pre(&module)
+                .map_err(|e| PluginError::Compile {
+                    plugin: spec.name.clone(),
+                    reason: format!("{e:#}"),
+                })?;
+            let shared = Arc::new(PluginShared {
+                name: spec.name.clone(),
+                config: spec.config.clone(),
+                vm_config: spec.vm_config.clone(),
+                allowed_upstreams: spec.allowed_upstreams.clone(),
+                shared_data: shared_data.clone(),
+                stats: stats.clone(),
+            });
+            let plugin = RunningPlugin {
+                spec: spec.clone(),
+                shared,
+                pre,
+                slots: (0..spec.vms).map(|_| VmSlot::default()).collect(),
+                next_slot: AtomicUsize::new(0),
+                deadline_ticks: PluginEngine::deadline_ticks(spec.cpu_deadline),
+                call_metrics: CallMetrics::new(&spec.name, metrics.clone()),
+                metrics: metrics.clone(),
+            };
+            for slot in &plugin.slots {
+                let vm = plugin.start_vm()?;
+                *slot.vm.lock().unwrap_or_else(PoisonError::into_inner) = Some(vm);
+            }
+            plugins.push(Arc::new(plugin));
+        }
+        Ok(Self {
+            plugins,
+            shared_data,
+            _engine: engine,
+        })
+    }
+}

@@ -1,0 +1,73 @@
+//! Checked access to a guest's linear memory from host functions: every read and write is
+//! bounds-checked, and values handed to the guest are copied into memory the guest allocated
+//! (`proxy_on_memory_allocate`, else `malloc`). A bad pointer traps the VM: it is a plugin bug,
+//! and returning an error status the SDK does not expect would only make it panic later.
+
+use wasmtime::{Caller, Memory};
+
+use super::state::HostState;
+
+fn memory(caller: &Caller<'_, HostState>) -> wasmtime::Result<Memory> {
+    caller
+        .data()
+        .memory
+        .ok_or_else(|| wasmtime::Error::msg("the module exports no memory"))
+}
+
+/// Copies `len` bytes at `ptr` out of the guest.
+pub fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
+    let memory = memory(caller)?;
+    let (start, end) = (ptr as usize, ptr as usize + len as usize);
+    memory
+        .data(caller)
+        .get(start..end)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| wasmtime::Error::msg(format!("guest range {start}..{end} is out of bounds")))
+}
+
+/// Reads a UTF-8 string (lossily: header names and property paths are ASCII in practice).
+pub fn read_string(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<String> {
+    Ok(String::from_utf8_lossy(&read(caller, ptr, len)?).into_owned())
+}
+
+fn write(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) -> wasmtime::Result<()> {
+    let memory = memory(caller)?;
+    let start = ptr as usize;
+    memory
+        .data_mut(caller)
+        .get_mut(start..start + bytes.len())
+        .ok_or_else(|| wasmtime::Error::msg(format!("guest pointer {start} is out of bounds")))?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+pub fn write_u32(caller: &mut Caller<'_, HostState>, ptr: u32, value: u32) -> wasmtime::Result<()> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: u32, value: u64) -> wasmtime::Result<()> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+/// Copies `bytes` into guest-allocated memory and stores its address and size at `data_out`
+/// and `size_out` (the ABI's way of returning a buffer). The guest owns the copy.
+pub fn give(
+    caller: &mut Caller<'_, HostState>,
+    bytes: &[u8],
+    data_out: u32,
+    size_out: u32,
+) -> wasmtime::Result<()> {
+    let allocate = caller
+        .data()
+        .allocator
+        .clone()
+        .ok_or_else(|| wasmtime::Error::msg("the module exports no allocator"))?;
+    let size = u32::try_from(bytes.len())?;
+    let address = allocate.call(&mut *caller, size)?;
+    if address == 0 && size > 0 {
+        return Err(wasmtime::Error::msg("the guest allocator returned null"));
+    }
+    write(caller, address, bytes)?;
+    write_u32(caller, data_out, address)?;
+    write_u32(caller, size_out, size)
+}

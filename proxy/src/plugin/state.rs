@@ -1,0 +1,164 @@
+//! What a VM's store carries: the plugin's identity, limits and guest allocator, and - moved in
+//! for the length of one callback - the request exchange (headers, body, properties, local
+//! response) that the host functions read and change.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora::http::{RequestHeader, ResponseHeader};
+use wasmtime::{Memory, ResourceLimiter, TypedFunc};
+
+use super::shared_data::SharedData;
+use super::stats::PluginStats;
+
+/// What every VM of one plugin shares.
+#[derive(Debug)]
+pub struct PluginShared {
+    pub name: String,
+    pub config: Vec<u8>,
+    pub vm_config: Vec<u8>,
+    pub allowed_upstreams: Vec<String>,
+    pub shared_data: Arc<SharedData>,
+    pub stats: Arc<PluginStats>,
+}
+
+/// A response a plugin asked the host to send instead of proxying.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalResponse {
+    pub status: u16,
+    pub details: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// An HTTP callout a plugin dispatched during the current callback.
+#[derive(Debug, Clone)]
+pub struct CalloutRequest {
+    pub token: u32,
+    pub upstream: String,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub timeout: std::time::Duration,
+}
+
+/// A callout's answer, readable during `on_http_call_response`.
+#[derive(Debug, Clone, Default)]
+pub struct CalloutResponse {
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// Which body the current callback sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Request,
+    Response,
+}
+
+/// One request as the plugin chain sees it; it lives in the proxy's request context and is
+/// moved into the store of whichever VM runs a callback, so all plugins of a chain share it.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    pub request_id: String,
+    pub client: Option<SocketAddr>,
+    /// Status of the response, once there is one.
+    pub response_code: Option<u16>,
+    /// Custom properties set by plugins (e.g. the authenticated client id).
+    pub properties: HashMap<String, Vec<u8>>,
+    pub local_response: Option<LocalResponse>,
+    /// The plugin asked to resume a paused stream.
+    pub resumed: bool,
+    /// The body chunk (or whole buffered body) the current body callback sees.
+    pub body: Option<(BodyKind, Vec<u8>)>,
+    /// Set when a plugin replaced the body.
+    pub body_replaced: bool,
+}
+
+/// The store data of one VM.
+pub struct HostState {
+    pub plugin: Arc<PluginShared>,
+    pub memory: Option<Memory>,
+    pub allocator: Option<TypedFunc<u32, u32>>,
+    pub memory_cap: usize,
+    /// The cap refused a `memory.grow`: the fault is a memory blow-up.
+    pub memory_denied: bool,
+    pub exchange: Exchange,
+    /// The request and response headers, swapped in from the session for a callback; the
+    /// `*_live` flags say whether they are real for this callback.
+    pub request_headers: RequestHeader,
+    pub request_live: bool,
+    pub response_headers: ResponseHeader,
+    pub response_live: bool,
+    pub callout_response: Option<CalloutResponse>,
+    pub callouts: Vec<CalloutRequest>,
+    pub next_callout_token: u32,
+    pub tick_period_ms: u32,
+    pub effective_context: u32,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("plugin", &self.plugin.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostState {
+    pub fn new(plugin: Arc<PluginShared>, memory_cap: usize) -> Self {
+        Self {
+            plugin,
+            memory: None,
+            allocator: None,
+            memory_cap,
+            memory_denied: false,
+            exchange: Exchange::default(),
+            request_headers: placeholder_request(),
+            request_live: false,
+            response_headers: placeholder_response(),
+            response_live: false,
+            callout_response: None,
+            callouts: Vec::new(),
+            next_callout_token: 1,
+            tick_period_ms: 0,
+            effective_context: 0,
+        }
+    }
+}
+
+/// An empty request header (what the session holds while the real one is in a store).
+fn placeholder_request() -> RequestHeader {
+    RequestHeader::from(http::Request::new(()).into_parts().0)
+}
+
+fn placeholder_response() -> ResponseHeader {
+    ResponseHeader::from(http::Response::new(()).into_parts().0)
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.memory_denied = true;
+            return Err(wasmtime::Error::msg(format!(
+                "plugin `{}` asked for {desired} bytes of memory; its cap is {}",
+                self.plugin.name, self.memory_cap
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}

@@ -1,0 +1,424 @@
+//! One VM: an instance of a plugin's module in its own store, sandboxed by a memory cap and a
+//! per-call CPU deadline (epoch ticks), with its root context created and `on_vm_start` /
+//! `on_configure` run. Every call goes through [`Vm::call`], which counts and times it and turns a
+//! trap, an overrun deadline or a memory blow-up into a [`Fault`]; a VM that faulted is dropped.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus::{Histogram, IntCounter};
+use wasmtime::{Instance, InstancePre, Store, Trap, TypedFunc, WasmParams, WasmResults};
+
+use super::state::{HostState, PluginShared};
+use super::{Fault, PluginError};
+use crate::metrics::Metrics;
+
+/// The root context of every VM (one plugin per VM).
+pub const ROOT_CONTEXT_ID: u32 = 1;
+
+/// The callbacks the host makes, for metrics and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callback {
+    Initialize,
+    ContextCreate,
+    VmStart,
+    Configure,
+    Tick,
+    RequestHeaders,
+    RequestBody,
+    ResponseHeaders,
+    ResponseBody,
+    HttpCallResponse,
+    Log,
+    Done,
+    Delete,
+}
+
+impl Callback {
+    pub const ALL: [Callback; 13] = [
+        Callback::Initialize,
+        Callback::ContextCreate,
+        Callback::VmStart,
+        Callback::Configure,
+        Callback::Tick,
+        Callback::RequestHeaders,
+        Callback::RequestBody,
+        Callback::ResponseHeaders,
+        Callback::ResponseBody,
+        Callback::HttpCallResponse,
+        Callback::Log,
+        Callback::Done,
+        Callback::Delete,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Callback::Initialize => "_initialize",
+            Callback::ContextCreate => "proxy_on_context_create",
+            Callback::VmStart => "proxy_on_vm_start",
+            Callback::Configure => "proxy_on_configure",
+            Callback::Tick => "proxy_on_tick",
+            Callback::RequestHeaders => "proxy_on_request_headers",
+            Callback::RequestBody => "proxy_on_request_body",
+            Callback::ResponseHeaders => "proxy_on_response_headers",
+            Callback::ResponseBody => "proxy_on_response_body",
+            Callback::HttpCallResponse => "proxy_on_http_call_response",
+            Callback::Log => "proxy_on_log",
+            Callback::Done => "proxy_on_done",
+            Callback::Delete => "proxy_on_delete",
+        }
+    }
+}
+
+/// Per-callback call counters and timers of one plugin, resolved once.
+#[derive(Debug, Clone)]
+pub struct CallMetrics {
+    plugin: String,
+    calls: Vec<IntCounter>,
+    seconds: Vec<Histogram>,
+    metrics: Arc<Metrics>,
+}
+
+impl CallMetrics {
+    pub fn new(plugin: &str, metrics: Arc<Metrics>) -> Self {
+        let calls = Callback::ALL
+            .iter()
+            .map(|c| metrics.plugin_calls.with_label_values(&[plugin, c.name()]))
+            .collect();
+        let seconds = Callback::ALL
+            .iter()
+            .map(|c| {
+                metrics
+                    .plugin_call_seconds
+                    .with_label_values(&[plugin, c.name()])
+            })
+            .collect();
+        Self {
+            plugin: plugin.to_string(),
+            calls,
+            seconds,
+            metrics,
+        }
+    }
+
+    fn observe(&self, callback: Callback, started: Instant) {
+        let i = callback as usize;
+        self.calls[i].inc();
+        self.seconds[i].observe(started.elapsed().as_secs_f64());
+    }
+
+    fn fault(&self, callback: Callback, fault: &Fault) {
+        self.metrics
+            .plugin_faults
+            .with_label_values(&[self.plugin.as_str(), callback.name(), fault.kind()])
+            .inc();
+    }
+}
+
+/// Whether the filter chain goes on (proxy-wasm `Action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Pause,
+}
+
+/// `proxy_on_http_call_response(context, token, headers, body, trailers)`.
+type CallResponseFn = TypedFunc<(u32, u32, u32, u32, u32), ()>;
+
+#[derive(Clone)]
+struct Exports {
+    on_context_create: TypedFunc<(u32, u32), ()>,
+    on_vm_start: Option<TypedFunc<(u32, u32), u32>>,
+    on_configure: Option<TypedFunc<(u32, u32), u32>>,
+    on_tick: Option<TypedFunc<u32, ()>>,
+    on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_http_call_response: Option<CallResponseFn>,
+    on_log: Option<TypedFunc<u32, ()>>,
+    on_done: Option<TypedFunc<u32, u32>>,
+    on_delete: Option<TypedFunc<u32, ()>>,
+}
+
+pub struct Vm {
+    store: Store<HostState>,
+    exports: Exports,
+    next_context_id: u32,
+    deadline_ticks: u64,
+    metrics: CallMetrics,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("plugin", &self.store.data().plugin.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn typed<P: WasmParams, R: WasmResults>(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    name: &str,
+) -> Option<TypedFunc<P, R>> {
+    instance.get_typed_func::<P, R>(&mut *store, name).ok()
+}
+
+fn classify(error: wasmtime::Error, state: &HostState) -> Fault {
+    if state.memory_denied {
+        return Fault::Memory;
+    }
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return Fault::Deadline;
+    }
+    let mut text = format!("{error:#}");
+    text.truncate(400);
+    Fault::Trap(text)
+}
+
+impl Vm {
+    /// Instantiates the plugin and runs its start-up: `_initialize`, the root context,
+    /// `on_vm_start` with the VM config and `on_configure` with the plugin config.
+    pub fn start(
+        pre: &InstancePre<HostState>,
+        shared: Arc<PluginShared>,
+        memory_cap: usize,
+        deadline_ticks: u64,
+        metrics: CallMetrics,
+    ) -> Result<Self, PluginError> {
+        let name = shared.name.clone();
+        let fault = |callback: Callback, fault: Fault| PluginError::Fault {
+            plugin: name.clone(),
+            callback: callback.name(),
+            fault,
+        };
+        let mut store = Store::new(
+            pre.module().engine(),
+            HostState::new(shared.clone(), memory_cap),
+        );
+        store.limiter(|state| state);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks);
+        let instance = pre.instantiate(&mut store).map_err(|e| {
+            let f = classify(e, store.data());
+            fault(Callback::Initialize, f)
+        })?;
+        let memory = instance.get_memory(&mut store, "memory");
+        let allocator = typed::<u32, u32>(&mut store, &instance, "proxy_on_memory_allocate")
+            .or_else(|| typed::<u32, u32>(&mut store, &instance, "malloc"));
+        store.data_mut().memory = memory;
+        store.data_mut().allocator = allocator;
+        let on_context_create = typed(&mut store, &instance, "proxy_on_context_create")
+            .ok_or_else(|| PluginError::MissingImport {
+                plugin: name.clone(),
+                missing: "(export) proxy_on_context_create".into(),
+            })?;
+        let exports = Exports {
+            on_context_create,
+            on_vm_start: typed(&mut store, &instance, "proxy_on_vm_start"),
+            on_configure: typed(&mut store, &instance, "proxy_on_configure"),
+            on_tick: typed(&mut store, &instance, "proxy_on_tick"),
+            on_request_headers: typed(&mut store, &instance, "proxy_on_request_headers"),
+            on_request_body: typed(&mut store, &instance, "proxy_on_request_body"),
+            on_response_headers: typed(&mut store, &instance, "proxy_on_response_headers"),
+            on_response_body: typed(&mut store, &instance, "proxy_on_response_body"),
+            on_http_call_response: typed(&mut store, &instance, "proxy_on_http_call_response"),
+            on_log: typed(&mut store, &instance, "proxy_on_log"),
+            on_done: typed(&mut store, &instance, "proxy_on_done"),
+            on_delete: typed(&mut store, &instance, "proxy_on_delete"),
+        };
+        let initialize = typed::<(), ()>(&mut store, &instance, "_initialize");
+        let mut vm = Self {
+            store,
+            exports,
+            next_context_id: ROOT_CONTEXT_ID + 1,
+            deadline_ticks,
+            metrics,
+        };
+        if let Some(init) = initialize {
+            vm.call(Callback::Initialize, init, ())
+                .map_err(|f| fault(Callback::Initialize, f))?;
+        }
+        let create = vm.exports.on_context_create.clone();
+        vm.call(Callback::ContextCreate, create, (ROOT_CONTEXT_ID, 0))
+            .map_err(|f| fault(Callback::ContextCreate, f))?;
+        let configs = [
+            (
+                Callback::VmStart,
+                vm.exports.on_vm_start.clone(),
+                shared.vm_config.len(),
+            ),
+            (
+                Callback::Configure,
+                vm.exports.on_configure.clone(),
+                shared.config.len(),
+            ),
+        ];
+        for (callback, func, size) in configs {
+            let Some(func) = func else { continue };
+            let size = u32::try_from(size).unwrap_or(u32::MAX);
+            let accepted = vm
+                .call(callback, func, (ROOT_CONTEXT_ID, size))
+                .map_err(|f| fault(callback, f))?;
+            if accepted == 0 {
+                return Err(PluginError::Rejected {
+                    plugin: name.clone(),
+                    callback: callback.name(),
+                });
+            }
+        }
+        Ok(vm)
+    }
+
+    /// One guarded call into the guest.
+    fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        callback: Callback,
+        func: TypedFunc<P, R>,
+        params: P,
+    ) -> Result<R, Fault> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let started = Instant::now();
+        let result = func.call(&mut self.store, params);
+        self.metrics.observe(callback, started);
+        result.map_err(|e| {
+            let fault = classify(e, self.store.data());
+            self.metrics.fault(callback, &fault);
+            fault
+        })
+    }
+
+    pub fn state(&self) -> &HostState {
+        self.store.data()
+    }
+
+    pub fn state_mut(&mut self) -> &mut HostState {
+        self.store.data_mut()
+    }
+
+    /// A new HTTP context under the root context.
+    pub fn create_http_context(&mut self) -> Result<u32, Fault> {
+        let id = self.next_context_id;
+        self.next_context_id = self
+            .next_context_id
+            .wrapping_add(1)
+            .max(ROOT_CONTEXT_ID + 1);
+        let create = self.exports.on_context_create.clone();
+        self.call(Callback::ContextCreate, create, (id, ROOT_CONTEXT_ID))?;
+        Ok(id)
+    }
+
+    fn action(
+        &mut self,
+        callback: Callback,
+        func: Option<TypedFunc<(u32, u32, u32), u32>>,
+        params: (u32, u32, u32),
+    ) -> Result<Action, Fault> {
+        let Some(func) = func else {
+            return Ok(Action::Continue);
+        };
+        self.store.data_mut().effective_context = params.0;
+        Ok(match self.call(callback, func, params)? {
+            0 => Action::Continue,
+            _ => Action::Pause,
+        })
+    }
+
+    pub fn on_request_headers(
+        &mut self,
+        context: u32,
+        headers: u32,
+        end_of_stream: bool,
+    ) -> Result<Action, Fault> {
+        let f = self.exports.on_request_headers.clone();
+        self.action(
+            Callback::RequestHeaders,
+            f,
+            (context, headers, u32::from(end_of_stream)),
+        )
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        context: u32,
+        size: u32,
+        end_of_stream: bool,
+    ) -> Result<Action, Fault> {
+        let f = self.exports.on_request_body.clone();
+        self.action(
+            Callback::RequestBody,
+            f,
+            (context, size, u32::from(end_of_stream)),
+        )
+    }
+
+    pub fn on_response_headers(
+        &mut self,
+        context: u32,
+        headers: u32,
+        end_of_stream: bool,
+    ) -> Result<Action, Fault> {
+        let f = self.exports.on_response_headers.clone();
+        self.action(
+            Callback::ResponseHeaders,
+            f,
+            (context, headers, u32::from(end_of_stream)),
+        )
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        context: u32,
+        size: u32,
+        end_of_stream: bool,
+    ) -> Result<Action, Fault> {
+        let f = self.exports.on_response_body.clone();
+        self.action(
+            Callback::ResponseBody,
+            f,
+            (context, size, u32::from(end_of_stream)),
+        )
+    }
+
+    pub fn on_http_call_response(
+        &mut self,
+        context: u32,
+        token: u32,
+        headers: u32,
+        body: u32,
+    ) -> Result<(), Fault> {
+        let Some(f) = self.exports.on_http_call_response.clone() else {
+            return Ok(());
+        };
+        self.store.data_mut().effective_context = context;
+        self.call(
+            Callback::HttpCallResponse,
+            f,
+            (context, token, headers, body, 0),
+        )
+    }
+
+    pub fn on_tick(&mut self) -> Result<(), Fault> {
+        let Some(f) = self.exports.on_tick.clone() else {
+            return Ok(());
+        };
+        self.store.data_mut().effective_context = ROOT_CONTEXT_ID;
+        self.call(Callback::Tick, f, ROOT_CONTEXT_ID)
+    }
+
+    /// The end of an HTTP context: `on_done`, `on_log`, `on_delete`, as Envoy orders them.
+    pub fn finish_context(&mut self, context: u32) -> Result<(), Fault> {
+        self.store.data_mut().effective_context = context;
+        if let Some(f) = self.exports.on_done.clone() {
+            self.call(Callback::Done, f, context)?;
+        }
+        if let Some(f) = self.exports.on_log.clone() {
+            self.call(Callback::Log, f, context)?;
+        }
+        if let Some(f) = self.exports.on_delete.clone() {
+            self.call(Callback::Delete, f, context)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! proxy-wasm plugins through the real proxy: the `conformance` test plugin (built from
+//! `plugins/` with the unmodified SDK) edits headers both ways, answers locally, calls out,
+//! shares data across VMs, defines metrics, and traps, spins and allocates its way into faults
+//! that stay contained.
+
+use std::net::SocketAddr;
+
+use crate::common::{plugin_wasm, start_counting_echo, Echo, Proxy};
+
+/// A proxy whose `/closed/` route runs the plugin `probe` (failure_mode closed) and `/open/`
+/// runs `probe-open` (failure_mode open), both in front of the echo upstream, which also
+/// serves as the `authz` callout upstream.
+fn start(echo: SocketAddr, vms: usize) -> Proxy {
+    let wasm = plugin_wasm("conformance");
+    Proxy::start(|dir| {
+        format!(
+            "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 2s, upgrade_sock: {sock} }}\n\
+             listen: 127.0.0.1:{listen}\n\
+             admin: {{ listen: 127.0.0.1:{admin} }}\n\
+             upstreams:\n  echo: {{ addresses: [{echo}] }}\n  authz: {{ addresses: [{echo}] }}\n\
+             plugins:\n\
+             \x20 - name: probe\n    module: {wasm}\n    config: {{ greeting: hello }}\n    vms: {vms}\n    allowed_upstreams: [authz]\n    limits: {{ memory_bytes: 33554432, cpu_deadline: 50ms }}\n\
+             \x20 - name: probe-open\n    module: {wasm}\n    failure_mode: open\n    limits: {{ memory_bytes: 33554432, cpu_deadline: 50ms }}\n\
+             routes:\n\
+             \x20 - {{ name: closed, path_prefix: /closed/, upstream: echo, plugins: [probe] }}\n\
+             \x20 - {{ name: open, path_prefix: /open/, upstream: echo, plugins: [probe-open] }}\n",
+            sock = dir.join("upgrade.sock").display(),
+            listen = crate::common::free_port(),
+            admin = crate::common::free_port(),
+            wasm = wasm.display(),
+        )
+    })
+}
+
+async fn probe(p: &Proxy, path: &str, probe: &str) -> reqwest::Response {
+    p.http
+        .get(p.url(path))
+        .header("x-probe", probe)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_both_ways_config_properties_and_metrics() {
+    let Echo { addr, .. } = start_counting_echo().await;
+    let p = start(addr, 1);
+    let response = p
+        .http
+        .get(p.url("/closed/items?h-x-drop-me=1"))
+        .header("x-replace-me", "original")
+        .header("x-remove-me", "please")
+        .header("x-client", "c-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let h = response.headers().clone();
+    assert_eq!(h["x-greeting"], "hello", "plugin config round trip");
+    assert_eq!(h["x-plugin-response"], "yes");
+    assert!(!h.contains_key("x-drop-me"), "response header removed");
+    assert_eq!(h["x-seen-path"], "/closed/items?h-x-drop-me=1");
+    assert_eq!(
+        h["x-seen-client"], "c-42",
+        "custom property set in one phase, read in another"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    let seen = &body["headers"];
+    assert_eq!(seen["x-plugin-seen"], "yes");
+    assert_eq!(seen["x-replace-me"], "replaced");
+    assert!(seen.get("x-remove-me").is_none(), "{seen}");
+    let requests = r#"edge_plugin_conformance_requests_total{plugin="probe"}"#;
+    assert_eq!(p.eventually_metric(requests, 1.0).await, 1.0);
+    let calls = r#"edge_plugin_calls_total{callback="proxy_on_request_headers",plugin="probe"}"#;
+    assert_eq!(p.metric(calls).await, 1.0);
+    let logs = r#"edge_plugin_calls_total{callback="proxy_on_log",plugin="probe"}"#;
+    assert_eq!(p.eventually_metric(logs, 1.0).await, 1.0);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_response_from_request_headers_never_reaches_the_upstream() {
+    let echo = start_counting_echo().await;
+    let p = start(echo.addr, 1);
+    let response = probe(&p, "/closed/secret", "deny").await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(response.headers()["x-denied-by"], "conformance");
+    assert!(response.headers().contains_key("x-request-id"));
+    assert_eq!(response.text().await.unwrap(), "denied by plugin");
+    assert_eq!(echo.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_infinite_loop_and_memory_bomb_are_contained() {
+    let echo = start_counting_echo().await;
+    let p = start(echo.addr, 1);
+    for (fault, kind) in [("trap", "trap"), ("loop", "deadline"), ("bomb", "memory")] {
+        let response = probe(&p, "/closed/x", fault).await;
+        assert_eq!(response.status(), 503, "{fault}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "plugin_failed", "{fault}");
+        let faults = format!(
+            r#"edge_plugin_faults_total{{callback="proxy_on_request_headers",kind="{kind}",plugin="probe"}}"#
+        );
+        assert_eq!(p.metric(&faults).await, 1.0, "{fault}");
+        // The next request on the same route gets a rebuilt VM and succeeds.
+        let healthy = p.get("/closed/after").await;
+        assert_eq!(healthy.status(), 200, "after {fault}");
+        assert_eq!(healthy.headers()["x-greeting"], "hello");
+    }
+    let restarts = r#"edge_plugin_vm_restarts_total{plugin="probe"}"#;
+    assert_eq!(p.metric(restarts).await, 3.0);
+    // failure_mode open: the faulting plugin is skipped and the request goes through.
+    let skipped = probe(&p, "/open/x", "trap").await;
+    assert_eq!(skipped.status(), 200);
+    let open = r#"edge_plugin_failure_outcomes_total{mode="open",plugin="probe-open"}"#;
+    assert_eq!(p.metric(open).await, 1.0);
+    let closed = r#"edge_plugin_failure_outcomes_total{mode="closed",plugin="probe"}"#;
+    assert_eq!(p.metric(closed).await, 3.0);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_data_cas_increments_are_exact_across_vms_and_workers() {
+    let echo = start_counting_echo().await;
+    let p = start(echo.addr, 2);
+    const N: usize = 200;
+    let requests = (0..N).map(|_| probe(&p, "/closed/count", "count"));
+    let statuses: Vec<u16> = futures::future::join_all(requests)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let after = p.get("/closed/read").await;
+    assert_eq!(after.headers()["x-count"], N.to_string().as_str());
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callouts_pause_and_resume_or_deny() {
+    let echo = start_counting_echo().await;
+    let p = start(echo.addr, 1);
+    let allowed = p
+        .http
+        .get(p.url("/closed/resource"))
+        .header("x-probe", "callout")
+        .header("x-authz-path", "/allow")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    let body: serde_json::Value = allowed.json().await.unwrap();
+    let authz_said: serde_json::Value =
+        serde_json::from_str(body["headers"]["x-authz-body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        authz_said["path"], "/allow",
+        "the callout reached the authz upstream"
+    );
+    let denied = p
+        .http
+        .get(p.url("/closed/resource"))
+        .header("x-probe", "callout")
+        .header("x-authz-path", "/deny?status=403")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    assert_eq!(denied.headers()["x-authz-status"], "403");
+    let refused = probe(&p, "/closed/resource", "callout-unknown").await;
+    assert_eq!(refused.status(), 502);
+    assert_eq!(refused.headers()["x-callout-error"], "BadArgument");
+    // allowed: callout + proxied request; denied: callout only; refused: nothing.
+    assert_eq!(echo.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    p.stop().await;
+}
+
+#[test]
+fn bad_modules_and_rejected_configs_are_named() {
+    use edge_proxy::plugin::{FailureMode, HostSettings, PluginHost, PluginSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |name: &str, module: std::path::PathBuf, config: &str| PluginSpec {
+        name: name.into(),
+        module,
+        config: config.as_bytes().to_vec(),
+        vm_config: Vec::new(),
+        failure_mode: FailureMode::Closed,
+        vms: 1,
+        memory_bytes: 32 << 20,
+        cpu_deadline: std::time::Duration::from_millis(100),
+        allowed_upstreams: Vec::new(),
+    };
+    let settings = HostSettings {
+        module_cache_dir: Some(dir.path().join("cache")),
+        shared_data_max_bytes: 1 << 20,
+        shared_data_ttl_by_prefix: Vec::new(),
+    };
+    let metrics = || std::sync::Arc::new(edge_proxy::metrics::Metrics::new());
+    let good = spec("probe", plugin_wasm("conformance"), r#"{"greeting":"hi"}"#);
+    PluginHost::start(std::slice::from_ref(&good), &settings, metrics()).unwrap();
+    // Second start loads the compiled module from the cache folder.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("cache")).unwrap().count(),
+        1
+    );
+    PluginHost::start(&[good], &settings, metrics()).unwrap();
+    let rejected = spec("picky", plugin_wasm("conformance"), r#"{"reject":true}"#);
+    let e = PluginHost::start(&[rejected], &settings, metrics()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "plugin `picky`: proxy_on_configure rejected the configuration (returned false)"
+    );
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm at all").unwrap();
+    let e = PluginHost::start(&[spec("junk", junk, "")], &settings, metrics()).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("plugin `junk`: not a valid wasm module"),
+        "{e}"
+    );
+    // A module importing a function the host lacks is named precisely.
+    let alien = dir.path().join("alien.wasm");
+    std::fs::write(&alien, wat_module()).unwrap();
+    let e = PluginHost::start(&[spec("alien", alien, "")], &settings, metrics()).unwrap_err();
+    assert_eq!(e.to_string(), "plugin `alien`: the module imports `env::proxy_teleport`, which this host does not provide");
+}
+
+/// A minimal binary module exporting the ABI marker and importing `env.proxy_teleport`.
+fn wat_module() -> Vec<u8> {
+    let mut m = vec![0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+    // type section: one type () -> ()
+    m.extend([0x01, 0x04, 0x01, 0x60, 0x00, 0x00]);
+    // import section: env.proxy_teleport func type 0
+    let mut import = vec![0x01, 0x03];
+    import.extend(b"env");
+    import.push(14);
+    import.extend(b"proxy_teleport");
+    import.extend([0x00, 0x00]);
+    m.push(0x02);
+    m.push(import.len() as u8);
+    m.extend(import);
+    // function section: one function of type 0
+    m.extend([0x03, 0x02, 0x01, 0x00]);
+    // export section: proxy_abi_version_0_2_1 -> func 1
+    let name = b"proxy_abi_version_0_2_1";
+    let mut export = vec![0x01, name.len() as u8];
+    export.extend(name);
+    export.extend([0x00, 0x01]);
+    m.push(0x07);
+    m.push(export.len() as u8);
+    m.extend(export);
+    // code section: one empty body
+    m.extend([0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b]);
+    m
+}
