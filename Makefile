@@ -68,10 +68,12 @@ check-configs:
 test: setup plugins lint check-configs
 	$(CARGO) test --workspace
 
-bench:
+bench: plugins
 	$(CARGO) run --release -p edge-benches --bin origin-listing -- --seconds 10
 	$(CARGO) run --release -p edge-benches --bin proxy-transport
 	$(CARGO) run --release -p edge-benches --bin cache-hit
+	$(CARGO) run --release -p edge-benches --bin plugin-overhead
+	$(CARGO) bench -p edge-benches --bench plugin_callback
 
 # Not part of `bench` (about 2 minutes, ~400 MiB): 1,000,000 distinct keys through the proxy.
 bench-cache-memory:

@@ -20,8 +20,9 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::cache::storage::MokaStorage;
 use crate::cache::{cacheability, key};
 use crate::plugin::callout::Callouts;
-use crate::plugin::chain::{Chain, Outcome};
+use crate::plugin::chain::{BodyStep, Chain, Outcome};
 use crate::plugin::state::LocalResponse;
+use crate::plugin::ticker::Ticker;
 use crate::plugin::PluginHost;
 use crate::routing::CachePolicy;
 
@@ -44,6 +45,8 @@ pub struct EdgeProxy {
 pub struct Plugins {
     pub host: Arc<PluginHost>,
     pub callouts: Arc<Callouts>,
+    /// Delivers `on_tick`; stops when the proxy is dropped.
+    pub ticker: Arc<Ticker>,
 }
 
 impl std::fmt::Debug for EdgeProxy {
@@ -336,6 +339,11 @@ impl ProxyHttp for EdgeProxy {
         for name in hygiene::HOP_BY_HOP.iter().chain(&listed) {
             upstream_request.remove_header(name);
         }
+        if ctx.chain.is_some() && Chain::has_body(session.req_header()) {
+            // Plugins may rewrite the request body: frame it by what is actually sent.
+            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+            upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
         let client = client_ip(session).unwrap_or_default();
         let xff = hygiene::forwarded_for(
             upstream_request
@@ -394,26 +402,78 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         let callouts = &self.plugins.callouts;
+        let had_length = response.headers.contains_key(http::header::CONTENT_LENGTH);
         if let Outcome::Respond(local) = chain
             .response_headers(session.req_header_mut(), response, callouts)
             .await
         {
             *response = local_header(&local, &ctx.request_id)?;
             ctx.replacement_body = Some(Bytes::from(local.body));
+            return Ok(());
+        }
+        // A plugin that may change the body's length removes Content-Length (Envoy's idiom) or
+        // holds the headers: the body then goes out chunked, framed by what is actually sent.
+        let removed = had_length && !response.headers.contains_key(http::header::CONTENT_LENGTH);
+        let has_body = session.req_header().method != http::Method::HEAD
+            && !matches!(response.status.as_u16(), 204 | 304);
+        if has_body && (removed || chain.response_headers_held) {
+            response.remove_header(&http::header::CONTENT_LENGTH);
+            response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
         Ok(())
     }
 
-    /// A plugin's local response from a response phase replaces the upstream's body.
+    /// Request body chunks through the plugins' `on_request_body` (buffered while one pauses).
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chain) = ctx.chain.as_mut() else {
+            return Ok(());
+        };
+        // Pingora reads `None` as the end of the upstream body: hold back with an empty chunk.
+        match chain.request_body(session.req_header_mut(), body.take(), end_of_stream) {
+            Ok(BodyStep::Forward(bytes)) => *body = Some(bytes),
+            Ok(BodyStep::Hold) => *body = Some(Bytes::new()),
+            Err(why) => {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(503),
+                    format!("plugin failed: {why}"),
+                )
+            }
+        }
+        Ok(())
+    }
+
+    /// A plugin's local response from a response phase replaces the upstream's body; otherwise
+    /// the chunks go through the plugins' `on_response_body` (buffered while one pauses).
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(replacement) = &ctx.replacement_body {
             *body = end_of_stream.then(|| replacement.clone());
+            return Ok(None);
+        }
+        let Some(chain) = ctx.chain.as_mut() else {
+            return Ok(None);
+        };
+        // Here an empty chunk would end a chunked body: hold back with `None`.
+        match chain.response_body(session.req_header_mut(), body.take(), end_of_stream) {
+            Ok(BodyStep::Forward(bytes)) => *body = (!bytes.is_empty()).then_some(bytes),
+            Ok(BodyStep::Hold) => *body = None,
+            Err(why) => {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(503),
+                    format!("plugin failed: {why}"),
+                )
+            }
         }
         Ok(None)
     }

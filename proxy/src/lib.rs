@@ -69,6 +69,11 @@ pub fn build_server(
         cache,
         cache_lock,
         edge::Plugins {
+            ticker: Arc::new(
+                plugin::ticker::Ticker::start(plugins.plugins.clone(), callouts.clone()).map_err(
+                    |e| plugin::PluginError::Engine(format!("starting the tick thread: {e}")),
+                )?,
+            ),
             host: plugins,
             callouts,
         },

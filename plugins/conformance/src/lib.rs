@@ -2,7 +2,8 @@
 //! host's integration tests. The request header `x-probe` picks a behaviour:
 //! `deny` (local 403), `trap` (panic), `loop` (spins past the CPU deadline), `bomb` (allocates
 //! past the memory cap), `count` (CAS increment of shared data), `callout` (asks the `authz`
-//! upstream, 200 resumes and 403 denies), `callout-unknown` (an upstream not allowed).
+//! upstream, 200 resumes and 403 denies), `callout-unknown` (an upstream not allowed). With
+//! `tick_ms` in its config the root context ticks (and, with `tick_callout`, calls out).
 //! Every request also gets header edits both ways, config and property round trips, a metric.
 
 use std::rc::Rc;
@@ -23,6 +24,12 @@ struct Config {
     greeting: String,
     #[serde(default)]
     reject: bool,
+    /// Tick period in ms (0: none); each tick counts in shared data and, with
+    /// `tick_callout`, asks the `authz` upstream (the answer's status lands in shared data).
+    #[serde(default)]
+    tick_ms: u64,
+    #[serde(default)]
+    tick_callout: bool,
 }
 
 #[derive(Default)]
@@ -31,9 +38,34 @@ struct Root {
     requests_metric: u32,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_else(|| "failed".into());
+        let _ = self.set_shared_data("conformance/tick-callout", Some(status.as_bytes()), None);
+    }
+}
 
 impl RootContext for Root {
+    fn on_tick(&mut self) {
+        increment_shared(self, "conformance/ticks");
+        if self.config.tick_callout {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", "/tick"),
+                (":authority", "authz"),
+            ];
+            let _ = self.dispatch_http_call("authz", headers, None, vec![], Duration::from_secs(5));
+        }
+    }
+
     fn on_vm_start(&mut self, _size: usize) -> bool {
         self.requests_metric =
             proxy_wasm::hostcalls::define_metric(MetricType::Counter, "conformance_requests_total")
@@ -47,6 +79,9 @@ impl RootContext for Root {
         if config.reject {
             return false;
         }
+        if config.tick_ms > 0 {
+            self.set_tick_period(Duration::from_millis(config.tick_ms));
+        }
         self.config = Rc::new(config);
         true
     }
@@ -59,6 +94,7 @@ impl RootContext for Root {
         Some(Box::new(Probe {
             config: self.config.clone(),
             requests_metric: self.requests_metric,
+            probe: String::new(),
         }))
     }
 }
@@ -66,6 +102,15 @@ impl RootContext for Root {
 struct Probe {
     config: Rc<Config>,
     requests_metric: u32,
+    /// The request's `x-probe` value.
+    probe: String,
+}
+
+/// The rewritten form of a body: upper case, marked.
+fn rewrite(body: &[u8]) -> Vec<u8> {
+    let mut out = body.to_ascii_uppercase();
+    out.extend_from_slice(b" [rewritten]");
+    out
 }
 
 impl Context for Probe {
@@ -94,20 +139,19 @@ impl Context for Probe {
     }
 }
 
-impl Probe {
-    fn increment_shared(&self, key: &str) {
-        loop {
-            let (value, cas) = self.get_shared_data(key);
-            let n: u64 = value
-                .and_then(|v| String::from_utf8(v).ok())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            if self
-                .set_shared_data(key, Some((n + 1).to_string().as_bytes()), cas)
-                .is_ok()
-            {
-                return;
-            }
+/// Adds one to the decimal counter at `key`, retrying on CAS mismatch.
+fn increment_shared(context: &dyn Context, key: &str) {
+    loop {
+        let (value, cas) = context.get_shared_data(key);
+        let n: u64 = value
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if context
+            .set_shared_data(key, Some((n + 1).to_string().as_bytes()), cas)
+            .is_ok()
+        {
+            return;
         }
     }
 }
@@ -121,6 +165,7 @@ impl HttpContext for Probe {
         if let Some(client) = self.get_http_request_header("x-client") {
             self.set_property(vec!["conformance", "client"], Some(client.as_bytes()));
         }
+        self.probe = self.get_http_request_header("x-probe").unwrap_or_default();
         match self.get_http_request_header("x-probe").as_deref() {
             Some("deny") => {
                 self.send_http_response(
@@ -142,14 +187,16 @@ impl HttpContext for Probe {
                 }
             }
             Some("bomb") => {
+                // Reserve (without touching) 8 MiB at a time: fast, so it is the memory cap
+                // and not the CPU deadline that stops it.
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    hoard.push(vec![1; 16 * 1024 * 1024]);
+                    hoard.push(Vec::with_capacity(8 * 1024 * 1024));
                     std::hint::black_box(&hoard);
                 }
             }
             Some("count") => {
-                self.increment_shared("conformance/count");
+                increment_shared(self, "conformance/count");
                 Action::Continue
             }
             Some(probe @ ("callout" | "callout-unknown")) => {
@@ -189,7 +236,38 @@ impl HttpContext for Probe {
         }
     }
 
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.probe != "rewrite-request" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, size).unwrap_or_default();
+        self.set_http_request_body(0, size, &rewrite(&body));
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.probe != "rewrite-response" && self.probe != "hold-response" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_response_body(0, size).unwrap_or_default();
+        self.set_http_response_body(0, size, &rewrite(&body));
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _headers: usize, _end: bool) -> Action {
+        match self.probe.as_str() {
+            // Envoy's idiom before changing a body's length.
+            "rewrite-response" => self.set_http_response_header("content-length", None),
+            // Or stop iteration: the host must not announce the old length.
+            "hold-response" => return Action::Pause,
+            _ => {}
+        }
         self.set_http_response_header("x-greeting", Some(&self.config.greeting));
         self.add_http_response_header("x-plugin-response", "yes");
         self.set_http_response_header("x-drop-me", None);
@@ -199,8 +277,14 @@ impl HttpContext for Probe {
         if let Some(client) = self.get_property(vec!["conformance", "client"]) {
             self.set_http_response_header("x-seen-client", Some(&String::from_utf8_lossy(&client)));
         }
-        if let (Some(count), _) = self.get_shared_data("conformance/count") {
-            self.set_http_response_header("x-count", Some(&String::from_utf8_lossy(&count)));
+        for (key, header) in [
+            ("conformance/count", "x-count"),
+            ("conformance/ticks", "x-ticks"),
+            ("conformance/tick-callout", "x-tick-callout"),
+        ] {
+            if let (Some(value), _) = self.get_shared_data(key) {
+                self.set_http_response_header(header, Some(&String::from_utf8_lossy(&value)));
+            }
         }
         if let Some(cache) = self.get_http_response_header("x-cache") {
             self.set_http_response_header("x-seen-cache", Some(&cache));

@@ -7,11 +7,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::callout::Callouts;
 use super::host::RunningPlugin;
-use super::state::{Exchange, LocalResponse};
+use super::state::{BodyKind, Exchange, LocalResponse};
 use super::vm::{Action, Vm};
 use super::{FailureMode, Fault};
 
@@ -31,6 +32,18 @@ struct Link {
     context: Option<(u64, u32)>,
     /// Skipped for the rest of the request (failed, `open` mode).
     skipped: bool,
+    /// The body this plugin is buffering (it paused before end of stream), per direction.
+    request_buffer: Option<Vec<u8>>,
+    response_buffer: Option<Vec<u8>>,
+}
+
+/// What the body callbacks decided for the bytes received so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyStep {
+    /// Send these bytes on (possibly rewritten, possibly empty).
+    Forward(Bytes),
+    /// A plugin is buffering: send nothing yet.
+    Hold,
 }
 
 /// Which headers a callback sees.
@@ -45,6 +58,10 @@ enum Phase {
 pub struct Chain {
     links: Vec<Link>,
     pub exchange: Exchange,
+    /// A plugin paused in `on_response_headers` (Envoy: stop iteration until the body is
+    /// seen); the proxy then sends the response without a Content-Length (chunked), since the
+    /// body may change length.
+    pub response_headers_held: bool,
 }
 
 /// The 503 a failed `closed` plugin answers with.
@@ -106,6 +123,8 @@ impl Chain {
                 plugin,
                 context: None,
                 skipped: false,
+                request_buffer: None,
+                response_buffer: None,
             })
             .collect();
         Self {
@@ -115,6 +134,7 @@ impl Chain {
                 client,
                 ..Exchange::default()
             },
+            response_headers_held: false,
         }
     }
 
@@ -126,6 +146,19 @@ impl Chain {
     ) -> Outcome {
         self.run(Phase::RequestHeaders, request, None, callouts)
             .await
+    }
+
+    /// Whether the request carries a body (so `on_request_headers` is not the end of stream).
+    pub fn has_body(request: &RequestHeader) -> bool {
+        let length = request
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        length.is_some_and(|n| n > 0)
+            || request
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
     }
 
     /// Runs `on_response_headers` down the chain (hits and misses alike).
@@ -211,7 +244,8 @@ impl Chain {
                     match phase {
                         Phase::RequestHeaders => {
                             let n = header_count(vm.state().request_headers.headers.len());
-                            vm.on_request_headers(context, n, true)
+                            let end_of_stream = !Chain::has_body(&vm.state().request_headers);
+                            vm.on_request_headers(context, n, end_of_stream)
                         }
                         Phase::ResponseHeaders => {
                             let n = header_count(vm.state().response_headers.headers.len());
@@ -234,6 +268,10 @@ impl Chain {
         }
         let (action, mut pending) = dispatched;
         if action == Action::Continue && pending.is_empty() {
+            return Ok(None);
+        }
+        if phase == Phase::ResponseHeaders && action == Action::Pause && pending.is_empty() {
+            self.response_headers_held = true;
             return Ok(None);
         }
         // Paused: run the callouts off the VM lock, then deliver each answer.
@@ -278,6 +316,122 @@ impl Chain {
         }
         self.exchange.resumed = false;
         Ok(None)
+    }
+
+    /// Runs the request body callbacks on `chunk` (see [`Chain::body`]).
+    pub fn request_body(
+        &mut self,
+        request: &mut RequestHeader,
+        chunk: Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Result<BodyStep, String> {
+        self.body(BodyKind::Request, request, chunk, end_of_stream)
+    }
+
+    /// Runs the response body callbacks on `chunk` (see [`Chain::body`]).
+    pub fn response_body(
+        &mut self,
+        request: &mut RequestHeader,
+        chunk: Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Result<BodyStep, String> {
+        self.body(BodyKind::Response, request, chunk, end_of_stream)
+    }
+
+    /// Passes the bytes down the chain as Envoy does: a plugin that pauses before the end of
+    /// the stream buffers (it sees the whole body so far at each call, and the rest of the
+    /// chain sees nothing until it continues); what a plugin writes with
+    /// `proxy_set_buffer_bytes` is what the next one sees. Callouts are not run from body
+    /// callbacks. `Err` is a `closed` plugin's failure: the request must be aborted.
+    fn body(
+        &mut self,
+        kind: BodyKind,
+        request: &mut RequestHeader,
+        chunk: Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Result<BodyStep, String> {
+        let mut data: Vec<u8> = chunk.map(|b| b.to_vec()).unwrap_or_default();
+        for index in 0..self.links.len() {
+            if self.links[index].skipped {
+                continue;
+            }
+            let buffer = match kind {
+                BodyKind::Request => self.links[index].request_buffer.take(),
+                BodyKind::Response => self.links[index].response_buffer.take(),
+            };
+            if let Some(mut held) = buffer {
+                held.extend_from_slice(&data);
+                data = held;
+            }
+            match self.body_call(index, kind, request, data, end_of_stream) {
+                Ok((Action::Pause, held)) if !end_of_stream => {
+                    let link = &mut self.links[index];
+                    match kind {
+                        BodyKind::Request => link.request_buffer = Some(held),
+                        BodyKind::Response => link.response_buffer = Some(held),
+                    }
+                    return Ok(BodyStep::Hold);
+                }
+                Ok((_, passed)) => data = passed,
+                Err((why, passed)) => {
+                    data = passed;
+                    if self.fail(index, &why).is_some() {
+                        return Err(why);
+                    }
+                }
+            }
+        }
+        Ok(BodyStep::Forward(Bytes::from(data)))
+    }
+
+    /// One plugin's body callback on `data`; returns its action and the bytes it leaves (the
+    /// input when it failed).
+    fn body_call(
+        &mut self,
+        index: usize,
+        kind: BodyKind,
+        request: &mut RequestHeader,
+        data: Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<(Action, Vec<u8>), (String, Vec<u8>)> {
+        let plugin = self.links[index].plugin.clone();
+        let Some((generation, context)) = self.links[index].context else {
+            return Ok((Action::Continue, data));
+        };
+        let mut guard = match plugin.lock(self.links[index].slot) {
+            Ok(guard) => guard,
+            Err(e) => return Err((e.to_string(), data)),
+        };
+        if guard.generation != generation {
+            return Err((
+                "its VM was rebuilt while the request was in flight".into(),
+                data,
+            ));
+        }
+        let Some(vm) = guard.vm() else {
+            return Err(("no VM".into(), data));
+        };
+        let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let original = data.clone();
+        self.exchange.body = Some((kind, data));
+        let result = with_exchange(vm, &mut self.exchange, request, None, |vm| match kind {
+            BodyKind::Request => vm.on_request_body(context, size, end_of_stream),
+            BodyKind::Response => vm.on_response_body(context, size, end_of_stream),
+        });
+        let passed = self
+            .exchange
+            .body
+            .take()
+            .map(|(_, bytes)| bytes)
+            .unwrap_or_default();
+        self.exchange.body_replaced = false;
+        match result {
+            Ok(action) => Ok((action, passed)),
+            Err(fault) => {
+                guard.discard();
+                Err((fault.to_string(), original))
+            }
+        }
     }
 
     /// Applies plugin `index`'s failure mode after `why`; a 503 when it is `closed`.

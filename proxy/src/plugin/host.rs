@@ -3,8 +3,9 @@
 //! one VM of each plugin for its life; a VM that faulted is rebuilt by the next request that
 //! needs it, and the requests that had contexts on the old one see a new generation.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use wasmtime::{InstancePre, Linker, Module};
 
@@ -21,6 +22,8 @@ use crate::metrics::Metrics;
 pub struct VmSlot {
     vm: Mutex<Option<Vm>>,
     generation: AtomicU64,
+    /// The VM's tick period in ms (0: no ticks), set by the plugin, read by the ticker.
+    tick_period_ms: Arc<AtomicU32>,
 }
 
 /// A locked, live VM of a given generation.
@@ -96,14 +99,29 @@ impl RunningPlugin {
         self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()
     }
 
-    fn start_vm(&self) -> Result<Vm, PluginError> {
+    fn start_vm(&self, slot: &VmSlot) -> Result<Vm, PluginError> {
+        slot.tick_period_ms.store(0, Ordering::Relaxed);
         Vm::start(
             &self.pre,
             self.shared.clone(),
             usize::try_from(self.spec.memory_bytes).unwrap_or(usize::MAX),
             self.deadline_ticks,
             self.call_metrics.clone(),
+            slot.tick_period_ms.clone(),
         )
+    }
+
+    /// How many VM slots the plugin has.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The tick period slot `index`'s root context asked for, if any.
+    pub fn tick_period(&self, index: usize) -> Option<Duration> {
+        let ms = self.slots[index % self.slots.len()]
+            .tick_period_ms
+            .load(Ordering::Relaxed);
+        (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
     }
 
     /// Locks slot `index`, rebuilding its VM if a fault discarded it.
@@ -111,7 +129,7 @@ impl RunningPlugin {
         let slot = &self.slots[index % self.slots.len()];
         let mut guard = slot.vm.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.is_none() {
-            let vm = self.start_vm()?;
+            let vm = self.start_vm(slot)?;
             *guard = Some(vm);
             slot.generation.fetch_add(1, Ordering::Relaxed);
             self.metrics
@@ -223,7 +241,7 @@ impl PluginHost {
                 metrics: metrics.clone(),
             };
             for slot in &plugin.slots {
-                let vm = plugin.start_vm()?;
+                let vm = plugin.start_vm(slot)?;
                 *slot.vm.lock().unwrap_or_else(PoisonError::into_inner) = Some(vm);
             }
             plugins.push(Arc::new(plugin));

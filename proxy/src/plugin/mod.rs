@@ -13,6 +13,7 @@ pub mod pairs;
 pub mod shared_data;
 pub mod state;
 pub mod stats;
+pub mod ticker;
 pub mod vm;
 
 use std::path::PathBuf;

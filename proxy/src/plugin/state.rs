@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -93,7 +94,8 @@ pub struct HostState {
     pub callout_response: Option<CalloutResponse>,
     pub callouts: Vec<CalloutRequest>,
     pub next_callout_token: u32,
-    pub tick_period_ms: u32,
+    /// The root context's tick period (shared with the VM's slot, which the ticker reads).
+    pub tick_period_ms: Arc<AtomicU32>,
     pub effective_context: u32,
 }
 
@@ -106,7 +108,11 @@ impl std::fmt::Debug for HostState {
 }
 
 impl HostState {
-    pub fn new(plugin: Arc<PluginShared>, memory_cap: usize) -> Self {
+    pub fn new(
+        plugin: Arc<PluginShared>,
+        memory_cap: usize,
+        tick_period_ms: Arc<AtomicU32>,
+    ) -> Self {
         Self {
             plugin,
             memory: None,
@@ -121,7 +127,7 @@ impl HostState {
             callout_response: None,
             callouts: Vec::new(),
             next_callout_token: 1,
-            tick_period_ms: 0,
+            tick_period_ms,
             effective_context: 0,
         }
     }

@@ -186,6 +186,7 @@ impl Vm {
         memory_cap: usize,
         deadline_ticks: u64,
         metrics: CallMetrics,
+        tick_period_ms: Arc<std::sync::atomic::AtomicU32>,
     ) -> Result<Self, PluginError> {
         let name = shared.name.clone();
         let fault = |callback: Callback, fault: Fault| PluginError::Fault {
@@ -195,7 +196,7 @@ impl Vm {
         };
         let mut store = Store::new(
             pre.module().engine(),
-            HostState::new(shared.clone(), memory_cap),
+            HostState::new(shared.clone(), memory_cap, tick_period_ms),
         );
         store.limiter(|state| state);
         store.epoch_deadline_trap();

@@ -107,7 +107,7 @@ pub fn read_metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A plain-HTTP upstream answering every request with its method, path and headers as JSON.
+/// A plain-HTTP upstream answering every request with its method, path, headers and body as JSON.
 /// Query parameters `h-<name>=<value>` become response headers, `status=<code>` sets the
 /// status; `hits` counts requests.
 pub struct Echo {
@@ -138,21 +138,29 @@ pub async fn start_counting_echo() -> Echo {
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
                     async move {
+                        use http_body_util::BodyExt;
+                        let (req, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
                         let headers: serde_json::Map<String, serde_json::Value> = req
-                            .headers()
+                            .headers
                             .iter()
                             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
                             .collect();
                         let body = serde_json::json!({
-                            "method": req.method().as_str(),
-                            "path": req.uri().to_string(),
+                            "method": req.method.as_str(),
+                            "path": req.uri.to_string(),
                             "headers": headers,
+                            "body": String::from_utf8_lossy(&body),
                             "hit": n,
                         });
                         let mut response = http::Response::new(http_body_util::Full::new(
                             bytes::Bytes::from(body.to_string()),
                         ));
-                        let query = req.uri().query().unwrap_or_default().to_string();
+                        let query = req.uri.query().unwrap_or_default().to_string();
                         if let Some((_, code)) = form_urlencoded_pairs(&query)
                             .into_iter()
                             .find(|(k, _)| k == "status")
@@ -164,7 +172,6 @@ pub async fn start_counting_echo() -> Echo {
                         h.insert("connection", "keep-alive, x-upstream-hop".parse().unwrap());
                         h.insert("x-upstream-hop", "secret".parse().unwrap());
                         h.insert("keep-alive", "timeout=5".parse().unwrap());
-                        let query = req.uri().query().unwrap_or_default().to_string();
                         for (k, v) in form_urlencoded_pairs(&query) {
                             if let Some(name) = k.strip_prefix("h-") {
                                 h.append(

@@ -10,7 +10,12 @@ use crate::common::{plugin_wasm, start_counting_echo, Echo, Proxy};
 /// A proxy whose `/closed/` route runs the plugin `probe` (failure_mode closed) and `/open/`
 /// runs `probe-open` (failure_mode open), both in front of the echo upstream, which also
 /// serves as the `authz` callout upstream.
+/// With `ticks`, the `ticker` plugin (on `/ticks/`) ticks every 20 ms and calls the echo out.
 fn start(echo: SocketAddr, vms: usize) -> Proxy {
+    start_with(echo, vms, false)
+}
+
+fn start_with(echo: SocketAddr, vms: usize, ticks: bool) -> Proxy {
     let wasm = plugin_wasm("conformance");
     Proxy::start(|dir| {
         format!(
@@ -21,9 +26,12 @@ fn start(echo: SocketAddr, vms: usize) -> Proxy {
              plugins:\n\
              \x20 - name: probe\n    module: {wasm}\n    config: {{ greeting: hello }}\n    vms: {vms}\n    allowed_upstreams: [authz]\n    limits: {{ memory_bytes: 33554432, cpu_deadline: 50ms }}\n\
              \x20 - name: probe-open\n    module: {wasm}\n    failure_mode: open\n    limits: {{ memory_bytes: 33554432, cpu_deadline: 50ms }}\n\
+             \x20 - name: ticker\n    module: {wasm}\n    config: {{ tick_ms: {tick_ms}, tick_callout: true }}\n    vms: 1\n    allowed_upstreams: [authz]\n\
              routes:\n\
              \x20 - {{ name: closed, path_prefix: /closed/, upstream: echo, plugins: [probe] }}\n\
-             \x20 - {{ name: open, path_prefix: /open/, upstream: echo, plugins: [probe-open] }}\n",
+             \x20 - {{ name: open, path_prefix: /open/, upstream: echo, plugins: [probe-open] }}\n\
+             \x20 - {{ name: ticks, path_prefix: /ticks/, upstream: echo, plugins: [ticker] }}\n",
+            tick_ms = if ticks { 20 } else { 0 },
             sock = dir.join("upgrade.sock").display(),
             listen = crate::common::free_port(),
             admin = crate::common::free_port(),
@@ -173,6 +181,93 @@ async fn callouts_pause_and_resume_or_deny() {
     assert_eq!(refused.headers()["x-callout-error"], "BadArgument");
     // allowed: callout + proxied request; denied: callout only; refused: nothing.
     assert_eq!(echo.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_rewritten_at_end_of_stream_with_honest_framing() {
+    let echo = start_counting_echo().await;
+    let p = start(echo.addr, 1);
+    // A body no plugin touches passes as is (re-framed as chunked upstream).
+    let untouched = p
+        .http
+        .post(p.url("/closed/upload"))
+        .body("plain body")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = untouched.json().await.unwrap();
+    assert_eq!(body["body"], "plain body");
+    // Request body: buffered by the plugin, rewritten, sent upstream re-framed.
+    let sent = "x".repeat(50_000);
+    let response = p
+        .http
+        .post(p.url("/closed/upload"))
+        .header("x-probe", "rewrite-request")
+        .body(sent.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let upstream_saw = body["body"].as_str().unwrap();
+    assert_eq!(upstream_saw.len(), sent.len() + 12, "{:.80}", upstream_saw);
+    assert!(upstream_saw == format!("{} [rewritten]", sent.to_uppercase()));
+    // Response body: the plugin removes Content-Length (Envoy's idiom) or holds the headers;
+    // either way what arrives is the rewritten body, framed by its real length.
+    for probe in ["rewrite-response", "hold-response"] {
+        let response = probe_request(&p, "/closed/page?h-x-note=some%20text", probe).await;
+        assert_eq!(response.status(), 200, "{probe}");
+        let announced = response.content_length();
+        let text = response.text().await.unwrap();
+        assert!(text.ends_with("} [rewritten]"), "{probe}: {text:.200}");
+        assert!(text.contains("\"METHOD\":\"GET\""), "{probe}: {text:.200}");
+        if let Some(length) = announced {
+            assert_eq!(
+                length as usize,
+                text.len(),
+                "{probe}: a stale Content-Length"
+            );
+        }
+    }
+    // Without a body probe, bodies pass untouched and keep their Content-Length.
+    let plain = p.get("/closed/page").await;
+    assert!(plain.content_length().is_some());
+    assert!(plain.text().await.unwrap().contains("\"method\":\"GET\""));
+    p.stop().await;
+}
+
+async fn probe_request(p: &Proxy, path: &str, probe_name: &str) -> reqwest::Response {
+    probe(p, path, probe_name).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticks_run_and_call_out_from_the_root_context() {
+    let echo = start_counting_echo().await;
+    let p = start_with(echo.addr, 1, true);
+    let mut seen = (0, String::new());
+    for _ in 0..300 {
+        let response = p.get("/ticks/x").await;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        seen = (
+            header("x-ticks").parse().unwrap_or(0),
+            header("x-tick-callout"),
+        );
+        if seen.0 >= 3 && seen.1 == "200" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(seen.0 >= 3, "ticks counted: {seen:?}");
+    assert_eq!(seen.1, "200", "a tick's callout answered");
+    let ticks = r#"edge_plugin_calls_total{callback="proxy_on_tick",plugin="ticker"}"#;
+    assert!(p.metric(ticks).await >= 3.0);
     p.stop().await;
 }
 

@@ -25,8 +25,11 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
     )?;
     r.env(
         "proxy_set_tick_period_milliseconds",
-        |mut caller: Caller<'_, HostState>, period: u32| -> u32 {
-            caller.data_mut().tick_period_ms = period;
+        |caller: Caller<'_, HostState>, period: u32| -> u32 {
+            caller
+                .data()
+                .tick_period_ms
+                .store(period, std::sync::atomic::Ordering::Relaxed);
             status::OK
         },
     )

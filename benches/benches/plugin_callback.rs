@@ -1,0 +1,113 @@
+#![allow(clippy::expect_used)] // benchmark setup: a failure here is a broken setup, reported at once
+//! Host overhead of proxy-wasm callbacks with the no-op plugin (criterion): one
+//! `on_request_headers` round trip on a live context (VM lock, exchange and header swap,
+//! epoch deadline, guest call, swap back), and a whole request's plugin lifecycle (context
+//! create, request headers, response headers, done/log/delete).
+//!
+//! `cargo bench -p edge-benches --bench plugin_callback` (builds the plugins first:
+//! `make plugins`).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use edge_proxy::metrics::Metrics;
+use edge_proxy::plugin::callout::Callouts;
+use edge_proxy::plugin::chain::{Chain, Outcome};
+use edge_proxy::plugin::{FailureMode, HostSettings, PluginHost, PluginSpec};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+fn noop_host() -> PluginHost {
+    let module = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip1/release/noop.wasm");
+    assert!(
+        module.is_file(),
+        "run `make plugins` first: {} is missing",
+        module.display()
+    );
+    let spec = PluginSpec {
+        name: "noop".into(),
+        module,
+        config: Vec::new(),
+        vm_config: Vec::new(),
+        failure_mode: FailureMode::Closed,
+        vms: 1,
+        memory_bytes: 64 << 20,
+        cpu_deadline: Duration::from_millis(100),
+        allowed_upstreams: Vec::new(),
+    };
+    let settings = HostSettings {
+        module_cache_dir: None,
+        shared_data_max_bytes: 1 << 20,
+        shared_data_ttl_by_prefix: Vec::new(),
+    };
+    PluginHost::start(&[spec], &settings, Arc::new(Metrics::new())).expect("the noop plugin starts")
+}
+
+fn request() -> RequestHeader {
+    let mut request = RequestHeader::build("GET", b"/api/v1/products?category=polo", None)
+        .expect("valid request");
+    for (name, value) in [
+        ("host", "edge.local"),
+        ("accept", "application/json"),
+        ("user-agent", "bench"),
+    ] {
+        request.insert_header(name, value).expect("valid header");
+    }
+    request
+}
+
+fn callbacks(c: &mut Criterion) {
+    let host = noop_host();
+    let callouts = Callouts::new(HashMap::new(), &Default::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let plugins = host.plugins.clone();
+
+    let mut live = Chain::new(plugins.clone(), "bench".into(), None);
+    let mut req = request();
+    assert_eq!(
+        runtime.block_on(live.request_headers(&mut req, &callouts)),
+        Outcome::Continue
+    );
+    c.bench_function("on_request_headers round trip (noop, live context)", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iterations {
+                    black_box(live.request_headers(&mut req, &callouts).await);
+                }
+                started.elapsed()
+            })
+        });
+    });
+
+    c.bench_function(
+        "whole request lifecycle (noop: create, req/resp headers, done/log/delete)",
+        |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..iterations {
+                        let mut req = request();
+                        let mut resp = ResponseHeader::build(200, None).expect("valid response");
+                        let mut chain = Chain::new(plugins.clone(), "bench".into(), None);
+                        black_box(chain.request_headers(&mut req, &callouts).await);
+                        black_box(chain.response_headers(&mut req, &mut resp, &callouts).await);
+                        chain.finish(&mut req, Some(200));
+                    }
+                    started.elapsed()
+                })
+            });
+        },
+    );
+    drop(live);
+}
+
+criterion_group!(benches, callbacks);
+criterion_main!(benches);

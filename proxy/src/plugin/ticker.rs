@@ -1,0 +1,126 @@
+//! Timers: a background thread (with its own small runtime) calls `proxy_on_tick` on every VM
+//! whose root context set a tick period, and runs the callouts a tick dispatches, delivering
+//! their answers to the root context. A fault in a tick discards the VM like any other fault.
+//! Dropping the [`Ticker`] stops the thread.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::callout::Callouts;
+use super::host::RunningPlugin;
+use super::vm::ROOT_CONTEXT_ID;
+
+/// How often the ticker looks for due VMs (the resolution of tick periods).
+const RESOLUTION: Duration = Duration::from_millis(5);
+
+#[derive(Debug)]
+pub struct Ticker {
+    running: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.running.store(false, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Ticker {
+    pub fn start(
+        plugins: Vec<Arc<RunningPlugin>>,
+        callouts: Arc<Callouts>,
+    ) -> std::io::Result<Self> {
+        let running = Arc::new(AtomicBool::new(true));
+        let flag = running.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("plugin-ticks".into())
+            .spawn(move || runtime.block_on(run(plugins, callouts, flag)))?;
+        Ok(Self {
+            running,
+            thread: Some(thread),
+        })
+    }
+}
+
+async fn run(plugins: Vec<Arc<RunningPlugin>>, callouts: Arc<Callouts>, running: Arc<AtomicBool>) {
+    let mut due: HashMap<(usize, usize), Instant> = HashMap::new();
+    while running.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        for (p, plugin) in plugins.iter().enumerate() {
+            for slot in 0..plugin.slot_count() {
+                let Some(period) = plugin.tick_period(slot) else {
+                    due.remove(&(p, slot));
+                    continue;
+                };
+                let next = due.entry((p, slot)).or_insert(now + period);
+                if now < *next {
+                    continue;
+                }
+                *next = now + period;
+                tick(plugin, slot, &callouts);
+            }
+        }
+        tokio::time::sleep(RESOLUTION).await;
+    }
+}
+
+/// One `on_tick` on `slot`; callouts it dispatches run in the background.
+fn tick(plugin: &Arc<RunningPlugin>, slot: usize, callouts: &Arc<Callouts>) {
+    let Ok(mut guard) = plugin.lock(slot) else {
+        return;
+    };
+    let generation = guard.generation;
+    let Some(vm) = guard.vm() else { return };
+    match vm.on_tick() {
+        Ok(()) => {
+            let dispatched = std::mem::take(&mut vm.state_mut().callouts);
+            if dispatched.is_empty() {
+                return;
+            }
+            let (plugin, callouts) = (plugin.clone(), callouts.clone());
+            tokio::spawn(async move {
+                for (token, answer) in callouts.run_all(dispatched).await {
+                    deliver(&plugin, slot, generation, token, answer);
+                }
+            });
+        }
+        Err(fault) => {
+            guard.discard();
+            tracing::warn!(plugin = %plugin.name(), %fault, "plugin failed in on_tick");
+        }
+    }
+}
+
+/// A tick's callout answer, to the root context of the VM that asked (if it still lives).
+fn deliver(
+    plugin: &RunningPlugin,
+    slot: usize,
+    generation: u64,
+    token: u32,
+    answer: super::callout::CalloutAnswer,
+) {
+    let Ok(mut guard) = plugin.lock(slot) else {
+        return;
+    };
+    if guard.generation != generation {
+        return;
+    }
+    let Some(vm) = guard.vm() else { return };
+    let (headers, body) = answer.sizes();
+    vm.state_mut().callout_response = answer.response;
+    let result = vm.on_http_call_response(ROOT_CONTEXT_ID, token, headers, body);
+    vm.state_mut().callout_response = None;
+    if let Err(fault) = result {
+        guard.discard();
+        tracing::warn!(plugin = %plugin.name(), %fault, "plugin failed in a tick's callout response");
+    }
+}
