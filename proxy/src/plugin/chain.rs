@@ -350,7 +350,15 @@ impl Chain {
         chunk: Option<Bytes>,
         end_of_stream: bool,
     ) -> Result<BodyStep, String> {
-        let mut data: Vec<u8> = chunk.map(|b| b.to_vec()).unwrap_or_default();
+        let mut data = chunk.unwrap_or_default();
+        let buffering = self.links.iter().any(|l| match kind {
+            BodyKind::Request => l.request_buffer.is_some(),
+            BodyKind::Response => l.response_buffer.is_some(),
+        });
+        if data.is_empty() && !buffering {
+            // Nothing to show a plugin (a request without a body, an empty last read).
+            return Ok(BodyStep::Forward(data));
+        }
         for index in 0..self.links.len() {
             if self.links[index].skipped {
                 continue;
@@ -361,14 +369,14 @@ impl Chain {
             };
             if let Some(mut held) = buffer {
                 held.extend_from_slice(&data);
-                data = held;
+                data = Bytes::from(held);
             }
             match self.body_call(index, kind, request, data, end_of_stream) {
                 Ok((Action::Pause, held)) if !end_of_stream => {
                     let link = &mut self.links[index];
                     match kind {
-                        BodyKind::Request => link.request_buffer = Some(held),
-                        BodyKind::Response => link.response_buffer = Some(held),
+                        BodyKind::Request => link.request_buffer = Some(held.to_vec()),
+                        BodyKind::Response => link.response_buffer = Some(held.to_vec()),
                     }
                     return Ok(BodyStep::Hold);
                 }
@@ -381,7 +389,7 @@ impl Chain {
                 }
             }
         }
-        Ok(BodyStep::Forward(Bytes::from(data)))
+        Ok(BodyStep::Forward(data))
     }
 
     /// One plugin's body callback on `data`; returns its action and the bytes it leaves (the
@@ -391,9 +399,9 @@ impl Chain {
         index: usize,
         kind: BodyKind,
         request: &mut RequestHeader,
-        data: Vec<u8>,
+        data: Bytes,
         end_of_stream: bool,
-    ) -> Result<(Action, Vec<u8>), (String, Vec<u8>)> {
+    ) -> Result<(Action, Bytes), (String, Bytes)> {
         let plugin = self.links[index].plugin.clone();
         let Some((generation, context)) = self.links[index].context else {
             return Ok((Action::Continue, data));
@@ -424,7 +432,6 @@ impl Chain {
             .take()
             .map(|(_, bytes)| bytes)
             .unwrap_or_default();
-        self.exchange.body_replaced = false;
         match result {
             Ok(action) => Ok((action, passed)),
             Err(fault) => {

@@ -58,10 +58,11 @@ pub struct RunningPlugin {
     shared: Arc<PluginShared>,
     pre: InstancePre<HostState>,
     slots: Vec<VmSlot>,
-    next_slot: AtomicUsize,
     deadline_ticks: u64,
     call_metrics: CallMetrics,
     metrics: Arc<Metrics>,
+    /// The slot the next new thread gets.
+    next_thread_slot: AtomicUsize,
 }
 
 impl std::fmt::Debug for RunningPlugin {
@@ -94,9 +95,25 @@ impl RunningPlugin {
             .inc();
     }
 
-    /// The VM slot a new request is pinned to (round robin).
+    /// The VM slot a new request is pinned to: the one this plugin gave the worker thread it
+    /// starts on (threads get slots in the order they first use the plugin), so with one VM per
+    /// worker (the default) threads do not contend for VMs and each VM stays warm in its core's
+    /// caches. Threads beyond the VM count share slots round robin.
     pub fn pick_slot(&self) -> usize {
-        self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+        thread_local! {
+            /// (plugin address, slot) for the plugins this thread has used.
+            static SLOTS: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let key = self as *const Self as usize;
+        SLOTS.with(|slots| {
+            let mut slots = slots.borrow_mut();
+            if let Some((_, slot)) = slots.iter().find(|(k, _)| *k == key) {
+                return *slot;
+            }
+            let slot = self.next_thread_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+            slots.push((key, slot));
+            slot
+        })
     }
 
     fn start_vm(&self, slot: &VmSlot) -> Result<Vm, PluginError> {
@@ -109,6 +126,17 @@ impl RunningPlugin {
             self.call_metrics.clone(),
             slot.tick_period_ms.clone(),
         )
+    }
+
+    /// Publishes the pending call metrics of every VM not busy right now.
+    pub fn flush_metrics(&self) {
+        for slot in &self.slots {
+            if let Ok(mut guard) = slot.vm.try_lock() {
+                if let Some(vm) = guard.as_mut() {
+                    vm.flush_metrics();
+                }
+            }
+        }
     }
 
     /// How many VM slots the plugin has.
@@ -235,10 +263,10 @@ impl PluginHost {
                 shared,
                 pre,
                 slots: (0..spec.vms).map(|_| VmSlot::default()).collect(),
-                next_slot: AtomicUsize::new(0),
                 deadline_ticks: PluginEngine::deadline_ticks(spec.cpu_deadline),
                 call_metrics: CallMetrics::new(&spec.name, metrics.clone()),
                 metrics: metrics.clone(),
+                next_thread_slot: AtomicUsize::new(0),
             };
             for slot in &plugin.slots {
                 let vm = plugin.start_vm(slot)?;

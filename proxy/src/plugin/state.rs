@@ -71,9 +71,7 @@ pub struct Exchange {
     /// The plugin asked to resume a paused stream.
     pub resumed: bool,
     /// The body chunk (or whole buffered body) the current body callback sees.
-    pub body: Option<(BodyKind, Vec<u8>)>,
-    /// Set when a plugin replaced the body.
-    pub body_replaced: bool,
+    pub body: Option<(BodyKind, bytes::Bytes)>,
 }
 
 /// The store data of one VM.

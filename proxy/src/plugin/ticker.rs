@@ -1,6 +1,6 @@
 //! Timers: a background thread (with its own small runtime) calls `proxy_on_tick` on every VM
 //! whose root context set a tick period, and runs the callouts a tick dispatches, delivering
-//! their answers to the root context. A fault in a tick discards the VM like any other fault.
+//! their answers to the root context. It also publishes idle VMs' pending call metrics. A fault in a tick discards the VM like any other fault.
 //! Dropping the [`Ticker`] stops the thread.
 
 use std::collections::HashMap;
@@ -53,8 +53,13 @@ impl Ticker {
 
 async fn run(plugins: Vec<Arc<RunningPlugin>>, callouts: Arc<Callouts>, running: Arc<AtomicBool>) {
     let mut due: HashMap<(usize, usize), Instant> = HashMap::new();
+    let mut flushed = Instant::now();
     while running.load(Ordering::Relaxed) {
         let now = Instant::now();
+        if now.duration_since(flushed) >= super::vm::FLUSH_AFTER {
+            plugins.iter().for_each(|p| p.flush_metrics());
+            flushed = now;
+        }
         for (p, plugin) in plugins.iter().enumerate() {
             for slot in 0..plugin.slot_count() {
                 let Some(period) = plugin.tick_period(slot) else {

@@ -58,3 +58,50 @@ fn print_default_config_is_the_shipped_file() {
             .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), shipped);
 }
+
+#[test]
+fn check_runs_every_plugin_and_names_the_one_that_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.yaml");
+    let wasm = crate::common::plugin_wasm("conformance");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm but not really").unwrap();
+    let config = |plugins: &str| {
+        format!(
+            "upstreams:\n  echo: {{ addresses: [127.0.0.1:9] }}\n\
+             plugins:\n{plugins}\
+             routes:\n  - {{ name: r, path_prefix: /, upstream: echo, plugins: [good] }}\n"
+        )
+    };
+    let good = format!(
+        "  - {{ name: good, module: {}, config: {{ greeting: hi }} }}\n",
+        wasm.display()
+    );
+    std::fs::write(&path, config(&good)).unwrap();
+    let out = bin().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 plugin(s)"));
+
+    let bad = format!(
+        "{good}  - {{ name: picky, module: {}, config: {{ reject: true }} }}\n  - {{ name: junk, module: {} }}\n",
+        wasm.display(),
+        junk.display()
+    );
+    std::fs::write(&path, config(&bad)).unwrap();
+    let out = bin().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 plugin problem(s)"), "{stderr}");
+    assert!(
+        stderr.contains("plugin `picky`: proxy_on_configure rejected the configuration"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("plugin `junk`: not a valid wasm module"),
+        "{stderr}"
+    );
+}

@@ -32,7 +32,7 @@ fn read(state: &HostState, buffer: u32, start: usize, max: usize) -> Option<Vec<
         other => {
             let kind = body_kind(other)?;
             match &state.exchange.body {
-                Some((k, bytes)) if *k == kind => bytes,
+                Some((k, bytes)) if *k == kind => bytes.as_ref(),
                 _ => return None,
             }
         }
@@ -73,15 +73,13 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
             let exchange = &mut caller.data_mut().exchange;
             match &mut exchange.body {
                 Some((k, body)) if *k == kind => {
-                    let start = (start as usize).min(body.len());
-                    let end = start.saturating_add(size as usize).min(body.len());
-                    body.splice(start..end, bytes);
-                    exchange.body_replaced = true;
+                    let mut edited = body.to_vec();
+                    let start = (start as usize).min(edited.len());
+                    let end = start.saturating_add(size as usize).min(edited.len());
+                    edited.splice(start..end, bytes);
+                    *body = edited.into();
                 }
-                _ => {
-                    exchange.body = Some((kind, bytes));
-                    exchange.body_replaced = true;
-                }
+                _ => exchange.body = Some((kind, bytes.into())),
             }
             Ok(status::OK)
         },
