@@ -87,6 +87,28 @@ fn callbacks(c: &mut Criterion) {
         });
     });
 
+    // The guest call alone (VM lock, deadline, call, call metrics): what the chain adds on top
+    // is the exchange and header swap.
+    let plugin = plugins[0].clone();
+    let context = {
+        let mut guard = plugin.lock(0).expect("VM");
+        guard
+            .vm()
+            .expect("live VM")
+            .create_http_context()
+            .expect("context")
+    };
+    c.bench_function(
+        "bare guest call (proxy_on_request_headers, no exchange)",
+        |b| {
+            b.iter(|| {
+                let mut guard = plugin.lock(0).expect("VM");
+                let vm = guard.vm().expect("live VM");
+                black_box(vm.on_request_headers(context, 7, true).expect("no fault"))
+            });
+        },
+    );
+
     c.bench_function(
         "whole request lifecycle (noop: create, req/resp headers, done/log/delete)",
         |b| {

@@ -12,8 +12,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAlloca
 
 use super::PluginError;
 
-/// How often the epoch advances: the resolution of CPU deadlines.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// How often the epoch advances: the resolution of CPU deadlines (a deadline is rounded up to
+/// whole ticks). Coarse enough that the ticker thread costs nothing measurable.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Sizing of the instance pool.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +87,7 @@ impl PluginEngine {
 
     /// Ticks for a CPU deadline (at least one).
     pub fn deadline_ticks(deadline: Duration) -> u64 {
-        (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
+        deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64
     }
 
     /// Compiles `wasm` (or loads it from the module cache) for `plugin`.

@@ -178,8 +178,8 @@ impl RunningPlugin {
 pub struct PluginHost {
     pub plugins: Vec<Arc<RunningPlugin>>,
     pub shared_data: Arc<SharedData>,
-    // Dropped last: it stops the epoch ticker.
-    _engine: PluginEngine,
+    // Dropped last: it stops the epoch ticker. None when no plugin is configured.
+    _engine: Option<PluginEngine>,
 }
 
 fn check_imports(
@@ -219,13 +219,20 @@ impl PluginHost {
                 .max()
                 .unwrap_or(64 << 20),
         };
-        let engine = PluginEngine::new(pool, settings.module_cache_dir.clone())?;
-        let mut linker = Linker::<HostState>::new(engine.engine());
-        let provided = abi::link(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let shared_data = Arc::new(SharedData::new(
             settings.shared_data_max_bytes,
             settings.shared_data_ttl_by_prefix.clone(),
         ));
+        if specs.is_empty() {
+            return Ok(Self {
+                plugins: Vec::new(),
+                shared_data,
+                _engine: None,
+            });
+        }
+        let engine = PluginEngine::new(pool, settings.module_cache_dir.clone())?;
+        let mut linker = Linker::<HostState>::new(engine.engine());
+        let provided = abi::link(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let stats = Arc::new(PluginStats::new(metrics.registry().clone()));
         let mut plugins = Vec::new();
         for spec in specs {
@@ -277,7 +284,7 @@ impl PluginHost {
         Ok(Self {
             plugins,
             shared_data,
-            _engine: engine,
+            _engine: Some(engine),
         })
     }
 }

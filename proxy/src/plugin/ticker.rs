@@ -37,6 +37,12 @@ impl Ticker {
         callouts: Arc<Callouts>,
     ) -> std::io::Result<Self> {
         let running = Arc::new(AtomicBool::new(true));
+        if plugins.is_empty() {
+            return Ok(Self {
+                running,
+                thread: None,
+            });
+        }
         let flag = running.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
