@@ -104,6 +104,18 @@ pub async fn start_origin(dir: &Path, settings: &str) -> anyhow::Result<BenchOri
     Ok(BenchOrigin { origin, config, ca })
 }
 
+/// An origin seeded with `products` whose listings stay fresh for an hour: what the cache
+/// benchmarks put behind the edge.
+pub async fn start_cacheable_origin(dir: &Path, products: u32) -> anyhow::Result<BenchOrigin> {
+    start_origin(
+        dir,
+        &format!(
+            "database: {{ seed_products: {products} }}\ncache_control: {{ products_s_maxage: 1h }}"
+        ),
+    )
+    .await
+}
+
 /// Starts a proxy on free ports with the given `upstreams:` body, `routes:` body and extra
 /// top-level YAML (e.g. `cache: {...}`); its upgrade socket lives in `dir`.
 pub fn start_proxy(

@@ -33,14 +33,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "seeding {} products and starting origin + proxy ...",
         args.products
     );
-    let rig::BenchOrigin { origin, ca, .. } = rig::start_origin(
-        dir.path(),
-        &format!(
-            "database: {{ seed_products: {} }}\ncache_control: {{ products_s_maxage: 1h }}",
-            args.products
-        ),
-    )
-    .await?;
+    let rig::BenchOrigin { origin, ca, .. } =
+        rig::start_cacheable_origin(dir.path(), args.products).await?;
     let proxy = rig::start_proxy(
         dir.path(),
         &format!(

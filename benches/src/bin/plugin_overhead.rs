@@ -66,14 +66,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let module = std::fs::canonicalize(&args.module)
         .with_context(|| format!("{} (run `make plugins`)", args.module.display()))?;
     let dir = tempfile::tempdir()?;
-    let rig::BenchOrigin { origin, ca, .. } = rig::start_origin(
-        dir.path(),
-        &format!(
-            "database: {{ seed_products: {} }}\ncache_control: {{ products_s_maxage: 1h }}",
-            args.products
-        ),
-    )
-    .await?;
+    let rig::BenchOrigin { origin, ca, .. } =
+        rig::start_cacheable_origin(dir.path(), args.products).await?;
     let addr = origin.local_addr();
     let none = proxy(&dir.path().join("none"), addr, &ca, &module, &[])?;
     let one = proxy(&dir.path().join("one"), addr, &ca, &module, &["noop"])?;

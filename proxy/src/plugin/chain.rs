@@ -11,7 +11,7 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::callout::Callouts;
-use super::host::RunningPlugin;
+use super::host::{RunningPlugin, VmGuard};
 use super::state::{BodyKind, Exchange, LocalResponse};
 use super::vm::{Action, Vm};
 use super::{FailureMode, Fault};
@@ -74,6 +74,23 @@ fn failed_response(plugin: &str, why: &str) -> LocalResponse {
         details: format!("plugin_failed:{plugin}"),
         headers: vec![("content-type".into(), b"application/json".to_vec())],
         body: body.to_string().into_bytes(),
+    }
+}
+
+/// Why a request's plugin context is gone.
+const REBUILT: &str = "its VM was rebuilt while the request was in flight";
+
+/// Locks `plugin`'s VM slot; an error when its VM is no longer the `generation` the request's
+/// context was created in.
+fn lock_generation(
+    plugin: &RunningPlugin,
+    slot: usize,
+    generation: Option<u64>,
+) -> Result<VmGuard<'_>, String> {
+    let guard = plugin.lock(slot).map_err(|e| e.to_string())?;
+    match generation {
+        Some(g) if g != guard.generation => Err(REBUILT.into()),
+        _ => Ok(guard),
     }
 }
 
@@ -221,7 +238,7 @@ impl Chain {
             };
             let context = match self.links[index].context {
                 Some((g, id)) if g == generation => id,
-                Some(_) => return Err("its VM was rebuilt while the request was in flight".into()),
+                Some(_) => return Err(REBUILT.into()),
                 None => {
                     let id = vm.create_http_context().map_err(|f| {
                         guard.discard();
@@ -278,12 +295,8 @@ impl Chain {
         while !pending.is_empty() {
             let answers = callouts.run_all(std::mem::take(&mut pending)).await;
             for (token, answer) in answers {
-                let mut guard = plugin
-                    .lock(self.links[index].slot)
-                    .map_err(|e| e.to_string())?;
-                if self.links[index].context.map(|(g, _)| g) != Some(guard.generation) {
-                    return Err("its VM was rebuilt while the request was in flight".into());
-                }
+                let generation = self.links[index].context.map(|(g, _)| g);
+                let mut guard = lock_generation(&plugin, self.links[index].slot, generation)?;
                 let Some(vm) = guard.vm() else {
                     return Err("no VM".into());
                 };
@@ -406,16 +419,10 @@ impl Chain {
         let Some((generation, context)) = self.links[index].context else {
             return Ok((Action::Continue, data));
         };
-        let mut guard = match plugin.lock(self.links[index].slot) {
+        let mut guard = match lock_generation(&plugin, self.links[index].slot, Some(generation)) {
             Ok(guard) => guard,
-            Err(e) => return Err((e.to_string(), data)),
+            Err(why) => return Err((why, data)),
         };
-        if guard.generation != generation {
-            return Err((
-                "its VM was rebuilt while the request was in flight".into(),
-                data,
-            ));
-        }
         let Some(vm) = guard.vm() else {
             return Err(("no VM".into(), data));
         };

@@ -164,29 +164,24 @@ trait EditHeaders {
     fn remove(&mut self, name: &HeaderName);
 }
 
-impl EditHeaders for pingora::http::RequestHeader {
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
-        self.insert_header(name, value)
-    }
-    fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<bool> {
-        self.append_header(name, value)
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
+/// Both header types offer the same editing methods.
+macro_rules! edit_headers_for {
+    ($($header:ty),*) => {$(
+        impl EditHeaders for $header {
+            fn insert(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+                self.insert_header(name, value)
+            }
+            fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<bool> {
+                self.append_header(name, value)
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    )*};
 }
 
-impl EditHeaders for pingora::http::ResponseHeader {
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
-        self.insert_header(name, value)
-    }
-    fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<bool> {
-        self.append_header(name, value)
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
+edit_headers_for!(pingora::http::RequestHeader, pingora::http::ResponseHeader);
 
 fn apply(
     headers: &mut impl EditHeaders,
