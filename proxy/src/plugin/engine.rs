@@ -90,8 +90,13 @@ impl PluginEngine {
         deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64
     }
 
-    /// Compiles `wasm` (or loads it from the module cache) for `plugin`.
-    pub fn compile(&self, plugin: &str, wasm: &[u8]) -> Result<Module, PluginError> {
+    /// The content hash modules are known by (in the disk cache and across plugins).
+    pub fn content_hash(wasm: &[u8]) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(wasm)
+    }
+
+    /// Compiles `wasm` (whose [`Self::content_hash`] is `content`), or loads it from the cache.
+    pub fn compile(&self, plugin: &str, wasm: &[u8], content: u128) -> Result<Module, PluginError> {
         let compile_error = |e: wasmtime::Error| PluginError::Compile {
             plugin: plugin.to_string(),
             reason: format!("{e:#}"),
@@ -99,7 +104,7 @@ impl PluginEngine {
         let Some(dir) = &self.cache_dir else {
             return Module::new(&self.engine, wasm).map_err(compile_error);
         };
-        let path = self.cache_path(dir, wasm);
+        let path = self.cache_path(dir, content);
         if let Some(module) = self.load_cached(&path) {
             return Ok(module);
         }
@@ -112,13 +117,12 @@ impl PluginEngine {
 
     /// `<dir>/<content hash>-<engine hash>.cwasm`: a new module or another engine configuration
     /// (wasmtime version, settings) never reads a stale artifact.
-    fn cache_path(&self, dir: &Path, wasm: &[u8]) -> PathBuf {
+    fn cache_path(&self, dir: &Path, content: u128) -> PathBuf {
         use std::hash::{Hash, Hasher};
         let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut engine_hash);
-        let content = xxhash_rust::xxh3::xxh3_128(wasm);
         dir.join(format!(
             "{content:032x}-{:016x}.cwasm",
             engine_hash.finish()

@@ -235,13 +235,22 @@ impl PluginHost {
         let provided = abi::link(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let stats = Arc::new(PluginStats::new(metrics.registry().clone()));
         let mut plugins = Vec::new();
+        // Several plugins may run the same module (with other configs): compile it once.
+        let mut compiled: std::collections::HashMap<u128, Module> =
+            std::collections::HashMap::new();
         for spec in specs {
             let wasm = std::fs::read(&spec.module).map_err(|source| PluginError::Read {
                 plugin: spec.name.clone(),
                 path: spec.module.display().to_string(),
                 source,
             })?;
-            let module = engine.compile(&spec.name, &wasm)?;
+            let content = PluginEngine::content_hash(&wasm);
+            let module = match compiled.entry(content) {
+                std::collections::hash_map::Entry::Occupied(known) => known.get().clone(),
+                std::collections::hash_map::Entry::Vacant(new) => new
+                    .insert(engine.compile(&spec.name, &wasm, content)?)
+                    .clone(),
+            };
             let has_abi = module.exports().any(|e| {
                 e.name() == "proxy_abi_version_0_2_1" || e.name() == "proxy_abi_version_0_2_0"
             });
