@@ -153,13 +153,13 @@ impl ProxyHttp for EdgeProxy {
             hygiene::request_id(header.headers.get("x-request-id").map(|v| v.as_bytes()));
         ctx.route = self.config.router.route(header.uri.path()).cloned();
         if let Some(route) = ctx.route.as_ref().filter(|r| !r.plugins.is_empty()) {
-            let plugins = route
-                .plugins
-                .iter()
-                .filter_map(|i| self.plugins.host.plugins.get(*i).cloned())
-                .collect();
             let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-            ctx.chain = Some(Chain::new(plugins, ctx.request_id.clone(), client));
+            ctx.chain = Some(Chain::new(
+                &self.plugins.host.plugins,
+                &route.plugins,
+                ctx.request_id.clone(),
+                client,
+            ));
         }
         Ok(())
     }
@@ -172,7 +172,11 @@ impl ProxyHttp for EdgeProxy {
             };
             let callouts = &self.plugins.callouts;
             return match chain
-                .request_headers(session.req_header_mut(), callouts)
+                .request_headers(
+                    &self.plugins.host.plugins,
+                    session.req_header_mut(),
+                    callouts,
+                )
                 .await
             {
                 Outcome::Continue => Ok(false),
@@ -404,7 +408,12 @@ impl ProxyHttp for EdgeProxy {
         let callouts = &self.plugins.callouts;
         let had_length = response.headers.contains_key(http::header::CONTENT_LENGTH);
         if let Outcome::Respond(local) = chain
-            .response_headers(session.req_header_mut(), response, callouts)
+            .response_headers(
+                &self.plugins.host.plugins,
+                session.req_header_mut(),
+                response,
+                callouts,
+            )
             .await
         {
             *response = local_header(&local, &ctx.request_id)?;
@@ -435,7 +444,12 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         // Pingora reads `None` as the end of the upstream body: hold back with an empty chunk.
-        match chain.request_body(session.req_header_mut(), body.take(), end_of_stream) {
+        match chain.request_body(
+            &self.plugins.host.plugins,
+            session.req_header_mut(),
+            body.take(),
+            end_of_stream,
+        ) {
             Ok(BodyStep::Forward(bytes)) => *body = Some(bytes),
             Ok(BodyStep::Hold) => *body = Some(Bytes::new()),
             Err(why) => {
@@ -465,7 +479,12 @@ impl ProxyHttp for EdgeProxy {
             return Ok(None);
         };
         // Here an empty chunk would end a chunked body: hold back with `None`.
-        match chain.response_body(session.req_header_mut(), body.take(), end_of_stream) {
+        match chain.response_body(
+            &self.plugins.host.plugins,
+            session.req_header_mut(),
+            body.take(),
+            end_of_stream,
+        ) {
             Ok(BodyStep::Forward(bytes)) => *body = (!bytes.is_empty()).then_some(bytes),
             Ok(BodyStep::Hold) => *body = None,
             Err(why) => {
@@ -525,7 +544,7 @@ impl ProxyHttp for EdgeProxy {
         self.metrics.in_flight.dec();
         if let Some(chain) = ctx.chain.as_mut() {
             let code = session.response_written().map(|r| r.status.as_u16());
-            chain.finish(session.req_header_mut(), code);
+            chain.finish(&self.plugins.host.plugins, session.req_header_mut(), code);
         }
         let status_code = session.response_written().map(|r| r.status);
         let status = status_code.map_or(0, |s| s.as_u16());

@@ -24,6 +24,9 @@ struct Args {
     /// The plugin module every plugin slot runs.
     #[arg(long, default_value = "plugins/target/wasm32-wasip1/release/noop.wasm")]
     module: std::path::PathBuf,
+    /// Load only the proxy with this many plugins (0, 1 or 3), e.g. to profile one of them.
+    #[arg(long)]
+    only: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,15 +98,18 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         reference.len(),
         args.load.describe()
     );
-    let series = rig::alternate(
-        args.load.rounds,
-        &[
-            ("no plugin", &specs[0]),
-            ("1 no-op plugin", &specs[1]),
-            ("3 no-op plugins", &specs[2]),
-        ],
-    )
-    .await?;
+    let targets = [
+        (0, "no plugin", &specs[0]),
+        (1, "1 no-op plugin", &specs[1]),
+        (3, "3 no-op plugins", &specs[2]),
+    ];
+    let chosen: Vec<(&str, &load::LoadSpec)> = targets
+        .iter()
+        .filter(|(n, _, _)| args.only.is_none_or(|only| only == *n))
+        .map(|(_, name, spec)| (*name, *spec))
+        .collect();
+    anyhow::ensure!(!chosen.is_empty(), "--only takes 0, 1 or 3");
+    let series = rig::alternate(args.load.rounds, &chosen).await?;
     println!("{}", report::summary(&series, &series[0]));
     for p in [none, one, three] {
         tokio::task::spawn_blocking(move || p.stop()).await?;

@@ -26,7 +26,9 @@ pub enum Outcome {
 
 #[derive(Debug)]
 struct Link {
-    plugin: Arc<RunningPlugin>,
+    /// The plugin's index in the host's plugin list (the chain holds no reference counts: the
+    /// phases pass the list in, so a request touches no shared counter).
+    plugin: usize,
     slot: usize,
     /// The VM generation and context id the request has there, once created.
     context: Option<(u64, u32)>,
@@ -57,7 +59,7 @@ enum Phase {
 #[derive(Debug)]
 pub struct Chain {
     links: Vec<Link>,
-    pub exchange: Exchange,
+    pub exchange: Box<Exchange>,
     /// A plugin paused in `on_response_headers` (Envoy: stop iteration until the body is
     /// seen); the proxy then sends the response without a Content-Length (chunked), since the
     /// body may change length.
@@ -97,7 +99,7 @@ fn lock_generation(
 /// Moves the request's exchange and headers into the VM's store for one callback and back.
 fn with_exchange<R>(
     vm: &mut Vm,
-    exchange: &mut Exchange,
+    exchange: &mut Box<Exchange>,
     request: &mut RequestHeader,
     response: Option<&mut ResponseHeader>,
     call: impl FnOnce(&mut Vm) -> R,
@@ -128,16 +130,19 @@ fn with_exchange<R>(
 }
 
 impl Chain {
+    /// The chain of `route` (indexes into `plugins`, the host's list every phase passes in).
     pub fn new(
-        plugins: Vec<Arc<RunningPlugin>>,
+        plugins: &[Arc<RunningPlugin>],
+        route: &[usize],
         request_id: String,
         client: Option<SocketAddr>,
     ) -> Self {
-        let links = plugins
-            .into_iter()
-            .map(|plugin| Link {
+        let links = route
+            .iter()
+            .filter_map(|&index| Some((index, plugins.get(index)?)))
+            .map(|(index, plugin)| Link {
                 slot: plugin.pick_slot(),
-                plugin,
+                plugin: index,
                 context: None,
                 skipped: false,
                 request_buffer: None,
@@ -146,11 +151,11 @@ impl Chain {
             .collect();
         Self {
             links,
-            exchange: Exchange {
+            exchange: Box::new(Exchange {
                 request_id,
                 client,
                 ..Exchange::default()
-            },
+            }),
             response_headers_held: false,
         }
     }
@@ -158,10 +163,11 @@ impl Chain {
     /// Runs `on_request_headers` down the chain (before the cache: hits are filtered too).
     pub async fn request_headers(
         &mut self,
+        plugins: &[Arc<RunningPlugin>],
         request: &mut RequestHeader,
         callouts: &Callouts,
     ) -> Outcome {
-        self.run(Phase::RequestHeaders, request, None, callouts)
+        self.run(plugins, Phase::RequestHeaders, request, None, callouts)
             .await
     }
 
@@ -181,17 +187,25 @@ impl Chain {
     /// Runs `on_response_headers` down the chain (hits and misses alike).
     pub async fn response_headers(
         &mut self,
+        plugins: &[Arc<RunningPlugin>],
         request: &mut RequestHeader,
         response: &mut ResponseHeader,
         callouts: &Callouts,
     ) -> Outcome {
         self.exchange.response_code = Some(response.status.as_u16());
-        self.run(Phase::ResponseHeaders, request, Some(response), callouts)
-            .await
+        self.run(
+            plugins,
+            Phase::ResponseHeaders,
+            request,
+            Some(response),
+            callouts,
+        )
+        .await
     }
 
     async fn run(
         &mut self,
+        plugins: &[Arc<RunningPlugin>],
         phase: Phase,
         request: &mut RequestHeader,
         mut response: Option<&mut ResponseHeader>,
@@ -201,14 +215,24 @@ impl Chain {
             if self.links[index].skipped {
                 continue;
             }
+            let Some(plugin) = plugins.get(self.links[index].plugin) else {
+                continue;
+            };
             let step = self
-                .step(index, phase, request, response.as_deref_mut(), callouts)
+                .step(
+                    plugin,
+                    index,
+                    phase,
+                    request,
+                    response.as_deref_mut(),
+                    callouts,
+                )
                 .await;
             match step {
                 Ok(None) => {}
                 Ok(Some(local)) => return Outcome::Respond(local),
                 Err(fault) => {
-                    if let Some(local) = self.fail(index, &fault) {
+                    if let Some(local) = self.fail(plugin, index, &fault) {
                         return Outcome::Respond(local);
                     }
                 }
@@ -221,13 +245,13 @@ impl Chain {
     /// response, if any.
     async fn step(
         &mut self,
+        plugin: &RunningPlugin,
         index: usize,
         phase: Phase,
         request: &mut RequestHeader,
         mut response: Option<&mut ResponseHeader>,
         callouts: &Callouts,
     ) -> Result<Option<LocalResponse>, String> {
-        let plugin = self.links[index].plugin.clone();
         let (dispatched, context) = {
             let mut guard = plugin
                 .lock(self.links[index].slot)
@@ -296,7 +320,7 @@ impl Chain {
             let answers = callouts.run_all(std::mem::take(&mut pending)).await;
             for (token, answer) in answers {
                 let generation = self.links[index].context.map(|(g, _)| g);
-                let mut guard = lock_generation(&plugin, self.links[index].slot, generation)?;
+                let mut guard = lock_generation(plugin, self.links[index].slot, generation)?;
                 let Some(vm) = guard.vm() else {
                     return Err("no VM".into());
                 };
@@ -334,21 +358,23 @@ impl Chain {
     /// Runs the request body callbacks on `chunk` (see [`Chain::body`]).
     pub fn request_body(
         &mut self,
+        plugins: &[Arc<RunningPlugin>],
         request: &mut RequestHeader,
         chunk: Option<Bytes>,
         end_of_stream: bool,
     ) -> Result<BodyStep, String> {
-        self.body(BodyKind::Request, request, chunk, end_of_stream)
+        self.body(plugins, BodyKind::Request, request, chunk, end_of_stream)
     }
 
     /// Runs the response body callbacks on `chunk` (see [`Chain::body`]).
     pub fn response_body(
         &mut self,
+        plugins: &[Arc<RunningPlugin>],
         request: &mut RequestHeader,
         chunk: Option<Bytes>,
         end_of_stream: bool,
     ) -> Result<BodyStep, String> {
-        self.body(BodyKind::Response, request, chunk, end_of_stream)
+        self.body(plugins, BodyKind::Response, request, chunk, end_of_stream)
     }
 
     /// Passes the bytes down the chain as Envoy does: a plugin that pauses before the end of
@@ -358,6 +384,7 @@ impl Chain {
     /// callbacks. `Err` is a `closed` plugin's failure: the request must be aborted.
     fn body(
         &mut self,
+        plugins: &[Arc<RunningPlugin>],
         kind: BodyKind,
         request: &mut RequestHeader,
         chunk: Option<Bytes>,
@@ -376,6 +403,9 @@ impl Chain {
             if self.links[index].skipped {
                 continue;
             }
+            let Some(plugin) = plugins.get(self.links[index].plugin) else {
+                continue;
+            };
             let buffer = match kind {
                 BodyKind::Request => self.links[index].request_buffer.take(),
                 BodyKind::Response => self.links[index].response_buffer.take(),
@@ -384,7 +414,7 @@ impl Chain {
                 held.extend_from_slice(&data);
                 data = Bytes::from(held);
             }
-            match self.body_call(index, kind, request, data, end_of_stream) {
+            match self.body_call(plugin, index, kind, request, data, end_of_stream) {
                 Ok((Action::Pause, held)) if !end_of_stream => {
                     let link = &mut self.links[index];
                     match kind {
@@ -396,7 +426,7 @@ impl Chain {
                 Ok((_, passed)) => data = passed,
                 Err((why, passed)) => {
                     data = passed;
-                    if self.fail(index, &why).is_some() {
+                    if self.fail(plugin, index, &why).is_some() {
                         return Err(why);
                     }
                 }
@@ -409,17 +439,17 @@ impl Chain {
     /// input when it failed).
     fn body_call(
         &mut self,
+        plugin: &RunningPlugin,
         index: usize,
         kind: BodyKind,
         request: &mut RequestHeader,
         data: Bytes,
         end_of_stream: bool,
     ) -> Result<(Action, Bytes), (String, Bytes)> {
-        let plugin = self.links[index].plugin.clone();
         let Some((generation, context)) = self.links[index].context else {
             return Ok((Action::Continue, data));
         };
-        let mut guard = match lock_generation(&plugin, self.links[index].slot, Some(generation)) {
+        let mut guard = match lock_generation(plugin, self.links[index].slot, Some(generation)) {
             Ok(guard) => guard,
             Err(why) => return Err((why, data)),
         };
@@ -449,11 +479,10 @@ impl Chain {
     }
 
     /// Applies plugin `index`'s failure mode after `why`; a 503 when it is `closed`.
-    fn fail(&mut self, index: usize, why: &str) -> Option<LocalResponse> {
+    fn fail(&mut self, plugin: &RunningPlugin, index: usize, why: &str) -> Option<LocalResponse> {
         let link = &mut self.links[index];
         link.skipped = true;
         link.context = None;
-        let plugin = link.plugin.clone();
         let mode = plugin.failure_mode();
         plugin.count_failure(mode);
         tracing::warn!(plugin = %plugin.name(), ?mode, %why, "plugin failed for this request");
@@ -464,7 +493,12 @@ impl Chain {
     }
 
     /// The end of the request: `on_done`, `on_log`, `on_delete` for every live context.
-    pub fn finish(&mut self, request: &mut RequestHeader, response_code: Option<u16>) {
+    pub fn finish(
+        &mut self,
+        plugins: &[Arc<RunningPlugin>],
+        request: &mut RequestHeader,
+        response_code: Option<u16>,
+    ) {
         if response_code.is_some() {
             self.exchange.response_code = response_code;
         }
@@ -472,7 +506,10 @@ impl Chain {
             let Some((generation, context)) = link.context.take() else {
                 continue;
             };
-            let Ok(mut guard) = link.plugin.lock(link.slot) else {
+            let Some(plugin) = plugins.get(link.plugin) else {
+                continue;
+            };
+            let Ok(mut guard) = plugin.lock(link.slot) else {
                 continue;
             };
             if guard.generation != generation {
@@ -485,7 +522,7 @@ impl Chain {
                 });
             if let Err(fault) = result {
                 guard.discard();
-                tracing::warn!(plugin = %link.plugin.name(), %fault, "plugin failed at the end of a request");
+                tracing::warn!(plugin = %plugin.name(), %fault, "plugin failed at the end of a request");
             }
         }
     }

@@ -17,8 +17,10 @@ use super::vm::{CallMetrics, Vm};
 use super::{abi, FailureMode, HostSettings, PluginError, PluginSpec};
 use crate::metrics::Metrics;
 
-/// One VM slot: the VM (absent after a fault, until rebuilt) and its generation.
+/// One VM slot: the VM (absent after a fault, until rebuilt) and its generation. Aligned to
+/// two cache lines so the slots two worker threads use never share one.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct VmSlot {
     vm: Mutex<Option<Vm>>,
     generation: AtomicU64,

@@ -82,7 +82,8 @@ pub struct HostState {
     pub memory_cap: usize,
     /// The cap refused a `memory.grow`: the fault is a memory blow-up.
     pub memory_denied: bool,
-    pub exchange: Exchange,
+    /// Boxed so moving it in and out of a store per callback is a pointer swap.
+    pub exchange: Box<Exchange>,
     /// The request and response headers, swapped in from the session for a callback; the
     /// `*_live` flags say whether they are real for this callback.
     pub request_headers: RequestHeader,
@@ -117,7 +118,7 @@ impl HostState {
             allocator: None,
             memory_cap,
             memory_denied: false,
-            exchange: Exchange::default(),
+            exchange: Box::default(),
             request_headers: placeholder_request(),
             request_live: false,
             response_headers: placeholder_response(),

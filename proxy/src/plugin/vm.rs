@@ -183,16 +183,22 @@ pub enum Action {
 /// `proxy_on_http_call_response(context, token, headers, body, trailers)`.
 type CallResponseFn = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
-#[derive(Clone)]
+/// Picks `proxy_on_vm_start` or `proxy_on_configure` (root context, config size) -> accepted.
+type PickConfigure = fn(&Exports) -> Option<&TypedFunc<(u32, u32), u32>>;
+
+/// `proxy_on_{request,response}_{headers,body}(context, size, end_of_stream) -> action`.
+type HeadersFn = TypedFunc<(u32, u32, u32), u32>;
+
 struct Exports {
+    initialize: Option<TypedFunc<(), ()>>,
     on_context_create: TypedFunc<(u32, u32), ()>,
     on_vm_start: Option<TypedFunc<(u32, u32), u32>>,
     on_configure: Option<TypedFunc<(u32, u32), u32>>,
     on_tick: Option<TypedFunc<u32, ()>>,
-    on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_request_headers: Option<HeadersFn>,
+    on_request_body: Option<HeadersFn>,
+    on_response_headers: Option<HeadersFn>,
+    on_response_body: Option<HeadersFn>,
     on_http_call_response: Option<CallResponseFn>,
     on_log: Option<TypedFunc<u32, ()>>,
     on_done: Option<TypedFunc<u32, u32>>,
@@ -281,6 +287,7 @@ impl Vm {
                 missing: "(export) proxy_on_context_create".into(),
             })?;
         let exports = Exports {
+            initialize: typed(&mut store, &instance, "_initialize"),
             on_context_create,
             on_vm_start: typed(&mut store, &instance, "proxy_on_vm_start"),
             on_configure: typed(&mut store, &instance, "proxy_on_configure"),
@@ -294,7 +301,6 @@ impl Vm {
             on_done: typed(&mut store, &instance, "proxy_on_done"),
             on_delete: typed(&mut store, &instance, "proxy_on_delete"),
         };
-        let initialize = typed::<(), ()>(&mut store, &instance, "_initialize");
         let mut vm = Self {
             store,
             exports,
@@ -303,32 +309,32 @@ impl Vm {
             local: metrics.local(),
             metrics,
         };
-        if let Some(init) = initialize {
-            vm.call(Callback::Initialize, init, ())
-                .map_err(|f| fault(Callback::Initialize, f))?;
-        }
-        let create = vm.exports.on_context_create.clone();
-        vm.call(Callback::ContextCreate, create, (ROOT_CONTEXT_ID, 0))
-            .map_err(|f| fault(Callback::ContextCreate, f))?;
-        let configs = [
+        vm.call(Callback::Initialize, |e| e.initialize.as_ref(), ())
+            .map_err(|f| fault(Callback::Initialize, f))?;
+        vm.call(
+            Callback::ContextCreate,
+            |e| Some(&e.on_context_create),
+            (ROOT_CONTEXT_ID, 0),
+        )
+        .map_err(|f| fault(Callback::ContextCreate, f))?;
+        let configs: [(Callback, PickConfigure, usize); 2] = [
             (
                 Callback::VmStart,
-                vm.exports.on_vm_start.clone(),
+                |e| e.on_vm_start.as_ref(),
                 shared.vm_config.len(),
             ),
             (
                 Callback::Configure,
-                vm.exports.on_configure.clone(),
+                |e| e.on_configure.as_ref(),
                 shared.config.len(),
             ),
         ];
-        for (callback, func, size) in configs {
-            let Some(func) = func else { continue };
+        for (callback, pick, size) in configs {
             let size = u32::try_from(size).unwrap_or(u32::MAX);
             let accepted = vm
-                .call(callback, func, (ROOT_CONTEXT_ID, size))
+                .call(callback, pick, (ROOT_CONTEXT_ID, size))
                 .map_err(|f| fault(callback, f))?;
-            if accepted == 0 {
+            if accepted == Some(0) {
                 return Err(PluginError::Rejected {
                     plugin: name.clone(),
                     callback: callback.name(),
@@ -338,20 +344,32 @@ impl Vm {
         Ok(vm)
     }
 
-    /// One guarded call into the guest.
+    /// One guarded call into the guest: `pick` chooses the export (borrowed, never cloned:
+    /// cloning a `TypedFunc` bumps shared reference counts in the engine's type registry).
     fn call<P: WasmParams, R: WasmResults>(
         &mut self,
         callback: Callback,
-        func: TypedFunc<P, R>,
+        pick: impl FnOnce(&Exports) -> Option<&TypedFunc<P, R>>,
         params: P,
-    ) -> Result<R, Fault> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        let started = self.local.time_next().then(Instant::now);
-        let result = func.call(&mut self.store, params);
-        self.local.observe(callback, started);
-        result.map_err(|e| {
-            let fault = classify(e, self.store.data());
-            self.metrics.fault(callback, &fault);
+    ) -> Result<Option<R>, Fault> {
+        let Self {
+            store,
+            exports,
+            deadline_ticks,
+            metrics,
+            local,
+            ..
+        } = self;
+        let Some(func) = pick(exports) else {
+            return Ok(None);
+        };
+        store.set_epoch_deadline(*deadline_ticks);
+        let started = local.time_next().then(Instant::now);
+        let result = func.call(&mut *store, params);
+        local.observe(callback, started);
+        result.map(Some).map_err(|e| {
+            let fault = classify(e, store.data());
+            metrics.fault(callback, &fault);
             fault
         })
     }
@@ -376,24 +394,24 @@ impl Vm {
             .next_context_id
             .wrapping_add(1)
             .max(ROOT_CONTEXT_ID + 1);
-        let create = self.exports.on_context_create.clone();
-        self.call(Callback::ContextCreate, create, (id, ROOT_CONTEXT_ID))?;
+        self.call(
+            Callback::ContextCreate,
+            |e| Some(&e.on_context_create),
+            (id, ROOT_CONTEXT_ID),
+        )?;
         Ok(id)
     }
 
     fn action(
         &mut self,
         callback: Callback,
-        func: Option<TypedFunc<(u32, u32, u32), u32>>,
+        pick: fn(&Exports) -> Option<&HeadersFn>,
         params: (u32, u32, u32),
     ) -> Result<Action, Fault> {
-        let Some(func) = func else {
-            return Ok(Action::Continue);
-        };
         self.store.data_mut().effective_context = params.0;
-        Ok(match self.call(callback, func, params)? {
-            0 => Action::Continue,
-            _ => Action::Pause,
+        Ok(match self.call(callback, pick, params)? {
+            None | Some(0) => Action::Continue,
+            Some(_) => Action::Pause,
         })
     }
 
@@ -403,10 +421,9 @@ impl Vm {
         headers: u32,
         end_of_stream: bool,
     ) -> Result<Action, Fault> {
-        let f = self.exports.on_request_headers.clone();
         self.action(
             Callback::RequestHeaders,
-            f,
+            |e| e.on_request_headers.as_ref(),
             (context, headers, u32::from(end_of_stream)),
         )
     }
@@ -417,10 +434,9 @@ impl Vm {
         size: u32,
         end_of_stream: bool,
     ) -> Result<Action, Fault> {
-        let f = self.exports.on_request_body.clone();
         self.action(
             Callback::RequestBody,
-            f,
+            |e| e.on_request_body.as_ref(),
             (context, size, u32::from(end_of_stream)),
         )
     }
@@ -431,10 +447,9 @@ impl Vm {
         headers: u32,
         end_of_stream: bool,
     ) -> Result<Action, Fault> {
-        let f = self.exports.on_response_headers.clone();
         self.action(
             Callback::ResponseHeaders,
-            f,
+            |e| e.on_response_headers.as_ref(),
             (context, headers, u32::from(end_of_stream)),
         )
     }
@@ -445,10 +460,9 @@ impl Vm {
         size: u32,
         end_of_stream: bool,
     ) -> Result<Action, Fault> {
-        let f = self.exports.on_response_body.clone();
         self.action(
             Callback::ResponseBody,
-            f,
+            |e| e.on_response_body.as_ref(),
             (context, size, u32::from(end_of_stream)),
         )
     }
@@ -460,37 +474,27 @@ impl Vm {
         headers: u32,
         body: u32,
     ) -> Result<(), Fault> {
-        let Some(f) = self.exports.on_http_call_response.clone() else {
-            return Ok(());
-        };
         self.store.data_mut().effective_context = context;
         self.call(
             Callback::HttpCallResponse,
-            f,
+            |e| e.on_http_call_response.as_ref(),
             (context, token, headers, body, 0),
         )
+        .map(drop)
     }
 
     pub fn on_tick(&mut self) -> Result<(), Fault> {
-        let Some(f) = self.exports.on_tick.clone() else {
-            return Ok(());
-        };
         self.store.data_mut().effective_context = ROOT_CONTEXT_ID;
-        self.call(Callback::Tick, f, ROOT_CONTEXT_ID)
+        self.call(Callback::Tick, |e| e.on_tick.as_ref(), ROOT_CONTEXT_ID)
+            .map(drop)
     }
 
     /// The end of an HTTP context: `on_done`, `on_log`, `on_delete`, as Envoy orders them.
     pub fn finish_context(&mut self, context: u32) -> Result<(), Fault> {
         self.store.data_mut().effective_context = context;
-        if let Some(f) = self.exports.on_done.clone() {
-            self.call(Callback::Done, f, context)?;
-        }
-        if let Some(f) = self.exports.on_log.clone() {
-            self.call(Callback::Log, f, context)?;
-        }
-        if let Some(f) = self.exports.on_delete.clone() {
-            self.call(Callback::Delete, f, context)?;
-        }
+        self.call(Callback::Done, |e| e.on_done.as_ref(), context)?;
+        self.call(Callback::Log, |e| e.on_log.as_ref(), context)?;
+        self.call(Callback::Delete, |e| e.on_delete.as_ref(), context)?;
         Ok(())
     }
 }
