@@ -13,7 +13,7 @@ use super::callout::Callouts;
 use super::host::RunningPlugin;
 use super::vm::ROOT_CONTEXT_ID;
 
-/// How often the ticker looks for due VMs (the resolution of tick periods).
+/// The shortest nap between looks for due VMs (the resolution of tick periods).
 const RESOLUTION: Duration = Duration::from_millis(5);
 
 #[derive(Debug)]
@@ -66,6 +66,10 @@ async fn run(plugins: Vec<Arc<RunningPlugin>>, callouts: Arc<Callouts>, running:
             plugins.iter().for_each(|p| p.flush_metrics());
             flushed = now;
         }
+        // Sleep until the next tick due, at most until the next metrics flush (so a period a
+        // plugin sets later is picked up within FLUSH_AFTER): no wake-ups for plugins without
+        // ticks.
+        let mut wake = flushed + super::vm::FLUSH_AFTER;
         for (p, plugin) in plugins.iter().enumerate() {
             for slot in 0..plugin.slot_count() {
                 let Some(period) = plugin.tick_period(slot) else {
@@ -73,18 +77,18 @@ async fn run(plugins: Vec<Arc<RunningPlugin>>, callouts: Arc<Callouts>, running:
                     continue;
                 };
                 let next = due.entry((p, slot)).or_insert(now + period);
-                if now < *next {
-                    continue;
+                if now >= *next {
+                    *next = now + period;
+                    tick(plugin, slot, &callouts);
                 }
-                *next = now + period;
-                tick(plugin, slot, &callouts);
+                wake = wake.min(*next);
             }
         }
-        tokio::time::sleep(RESOLUTION).await;
+        let nap = wake.saturating_duration_since(Instant::now());
+        tokio::time::sleep(nap.clamp(RESOLUTION, super::vm::FLUSH_AFTER)).await;
     }
 }
 
-/// One `on_tick` on `slot`; callouts it dispatches run in the background.
 fn tick(plugin: &Arc<RunningPlugin>, slot: usize, callouts: &Arc<Callouts>) {
     let Ok(mut guard) = plugin.lock(slot) else {
         return;
