@@ -13,6 +13,14 @@ use prometheus::{
     Registry,
 };
 
+/// Bucket bounds of plugin histograms. `proxy_record_metric` takes whole numbers, so the
+/// bounds are 1-2-5 steps from 1 to 10^7: microseconds up to 10 s, milliseconds up to ~3 h,
+/// or bytes up to 10 MB all land in useful buckets.
+pub const HISTOGRAM_BUCKETS: [f64; 22] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5,
+    5e5, 1e6, 2e6, 5e6, 1e7,
+];
+
 /// The ABI's metric kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
@@ -179,7 +187,11 @@ impl PluginStats {
                 Family::Gauge(IntGaugeVec::new(Opts::new(name, help), &labels).map_err(bad)?)
             }
             MetricKind::Histogram => Family::Histogram(
-                HistogramVec::new(HistogramOpts::new(name, help), &labels).map_err(bad)?,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(HISTOGRAM_BUCKETS.to_vec()),
+                    &labels,
+                )
+                .map_err(bad)?,
             ),
         };
         let collector: Box<dyn Collector> = match &family {

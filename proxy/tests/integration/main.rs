@@ -5,10 +5,12 @@
 // Test helpers panic on failure by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth_plugin;
 mod cache;
 mod cli;
 mod common;
 mod hygiene;
 mod plugins;
 mod proxying;
+mod shop;
 mod transport;

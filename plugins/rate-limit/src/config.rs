@@ -1,0 +1,160 @@
+//! The limiter's configuration: an ordered list of rules (the first that matches a request
+//! applies), each a path prefix, optional required query values (e.g. `category: polo`), a rate
+//! and a burst. Checked in `on_configure`; errors name the key path.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::bucket::Limit;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    /// Shared-data key prefix of the buckets; give it a TTL in `plugin_host.shared_data.ttl_by_prefix`
+    /// (at least the longest `burst / rate_per_second`) so idle buckets expire.
+    #[serde(default = "default_prefix")]
+    key_prefix: String,
+    /// Compare-and-swap attempts before a request is let through unlimited (and logged).
+    #[serde(default = "default_retries")]
+    max_cas_retries: u32,
+    rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(default = "default_path")]
+    path_prefix: String,
+    /// Query parameters that must have these values for the rule to apply.
+    #[serde(default)]
+    query: BTreeMap<String, String>,
+    rate_per_second: f64,
+    burst: u64,
+}
+
+fn default_prefix() -> String {
+    "ratelimit/".into()
+}
+fn default_retries() -> u32 {
+    32
+}
+fn default_path() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub path_prefix: String,
+    pub query: Vec<(String, String)>,
+    pub limit: Limit,
+}
+
+impl Rule {
+    /// Whether the rule applies to `path` with these decoded-as-is query pairs.
+    pub fn matches(&self, path: &str, query: &[(&str, &str)]) -> bool {
+        path.starts_with(self.path_prefix.as_str())
+            && self
+                .query
+                .iter()
+                .all(|(k, v)| query.iter().any(|(qk, qv)| qk == k && qv == v))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub key_prefix: String,
+    pub max_cas_retries: u32,
+    pub rules: Vec<Rule>,
+}
+
+impl Settings {
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| format!("config: {e}"))?;
+        if raw.rules.is_empty() {
+            return Err("config.rules: at least one rule is needed".into());
+        }
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        for (i, rule) in raw.rules.into_iter().enumerate() {
+            let at = format!("config.rules[{i}]");
+            if rule.name.is_empty() || rule.name.contains('/') {
+                return Err(format!("{at}.name: must be non-empty and without `/`"));
+            }
+            if rules.iter().any(|r: &Rule| r.name == rule.name) {
+                return Err(format!("{at}.name: `{}` is used twice", rule.name));
+            }
+            if !rule.path_prefix.starts_with('/') {
+                return Err(format!("{at}.path_prefix: must start with `/`"));
+            }
+            let limit = Limit::new(rule.rate_per_second, rule.burst).ok_or_else(|| {
+                format!(
+                    "{at}: rate_per_second must be > 0 (and at least 1 per 30 years) and burst >= 1 (got {} and {})",
+                    rule.rate_per_second, rule.burst
+                )
+            })?;
+            rules.push(Rule {
+                name: rule.name,
+                path_prefix: rule.path_prefix,
+                query: rule.query.into_iter().collect(),
+                limit,
+            });
+        }
+        Ok(Self {
+            key_prefix: raw.key_prefix,
+            max_cas_retries: raw.max_cas_retries.max(1),
+            rules,
+        })
+    }
+
+    /// The first rule for the request.
+    pub fn rule_for(&self, path: &str, query: &[(&str, &str)]) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(path, query))
+    }
+}
+
+/// `a=1&b=2` -> pairs (no percent-decoding: rule values are matched as sent).
+pub fn query_pairs(query: &str) -> Vec<(&str, &str)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_matching_rule_applies() {
+        let s = Settings::parse(
+            br#"{"rules":[
+                {"name":"polo","path_prefix":"/api/v1/products","query":{"category":"polo"},"rate_per_second":1,"burst":2},
+                {"name":"api","path_prefix":"/api/","rate_per_second":10,"burst":20}]}"#,
+        )
+        .unwrap();
+        let q = query_pairs("limit=5&category=polo");
+        assert_eq!(s.rule_for("/api/v1/products", &q).unwrap().name, "polo");
+        let q = query_pairs("category=tee");
+        assert_eq!(s.rule_for("/api/v1/products", &q).unwrap().name, "api");
+        assert!(s.rule_for("/healthz", &[]).is_none());
+    }
+
+    #[test]
+    fn errors_name_the_rule() {
+        let err = Settings::parse(br#"{"rules":[{"name":"a","rate_per_second":0,"burst":1}]}"#)
+            .unwrap_err();
+        assert!(err.starts_with("config.rules[0]"), "{err}");
+        let err = Settings::parse(
+            br#"{"rules":[{"name":"a","rate_per_second":1,"burst":1},{"name":"a","rate_per_second":1,"burst":1}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("config.rules[1].name"), "{err}");
+        assert!(Settings::parse(br#"{"rules":[]}"#).is_err());
+        assert!(Settings::parse(br#"{"rulez":[]}"#)
+            .unwrap_err()
+            .contains("rulez"));
+    }
+}
