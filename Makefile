@@ -12,7 +12,7 @@ EDGE_CONFIG ?= config/edge.yaml
 ORIGIN_CONFIGS := config/origin.yaml $(wildcard config/examples/origin-*.yaml)
 EDGE_CONFIGS := config/edge.yaml $(wildcard config/examples/edge-*.yaml)
 
-.PHONY: help setup build run test lint check-configs bench plugins
+.PHONY: help setup build run test lint check-configs bench plugins plugin-tests
 
 help:
 	@echo "make run    - set up, build (release), run the origin (https://127.0.0.1:8443) and the proxy (http://127.0.0.1:8080)"
@@ -65,7 +65,12 @@ check-configs:
 	./target/debug/origin-service init -c $(ORIGIN_CONFIG)
 	@for f in $(EDGE_CONFIGS); do ./target/debug/edge-proxy check -c $$f; done
 
-test: setup plugins lint check-configs
+# The plugins' own logic is unit-tested natively (host target); the proxy's tests drive the .wasm.
+plugin-tests: setup
+	$(CARGO) clippy --manifest-path plugins/Cargo.toml --all-targets -- -D warnings
+	$(CARGO) test --manifest-path plugins/Cargo.toml
+
+test: setup plugins plugin-tests lint check-configs
 	$(CARGO) test --workspace
 
 bench: plugins

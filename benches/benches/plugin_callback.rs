@@ -4,6 +4,9 @@
 //! epoch deadline, guest call, swap back), and a whole request's plugin lifecycle (context
 //! create, request headers, response headers, done/log/delete).
 //!
+//! The production plugins (auth, rate-limit, metrics-export) get the same whole-request
+//! measurement, alone and chained.
+//!
 //! `cargo bench -p edge-benches --bench plugin_callback` (builds the plugins first:
 //! `make plugins`).
 
@@ -20,31 +23,70 @@ use edge_proxy::plugin::chain::{Chain, Outcome};
 use edge_proxy::plugin::{FailureMode, HostSettings, PluginHost, PluginSpec};
 use pingora::http::{RequestHeader, ResponseHeader};
 
-fn noop_host() -> PluginHost {
-    let module = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/target/wasm32-wasip1/release/noop.wasm");
+fn module(name: &str) -> std::path::PathBuf {
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../plugins/target/wasm32-wasip1/release/{name}.wasm"
+    ));
     assert!(
         module.is_file(),
         "run `make plugins` first: {} is missing",
         module.display()
     );
-    let spec = PluginSpec {
-        name: "noop".into(),
-        module,
-        config: Vec::new(),
+    module
+}
+
+fn spec(name: &str, wasm: &str, config: serde_json::Value) -> PluginSpec {
+    PluginSpec {
+        name: name.into(),
+        module: module(wasm),
+        config: if config.is_null() {
+            Vec::new()
+        } else {
+            config.to_string().into_bytes()
+        },
         vm_config: Vec::new(),
         failure_mode: FailureMode::Closed,
         vms: 1,
         memory_bytes: 64 << 20,
         cpu_deadline: Duration::from_millis(100),
         allowed_upstreams: Vec::new(),
-    };
+    }
+}
+
+fn host(specs: &[PluginSpec]) -> PluginHost {
     let settings = HostSettings {
         module_cache_dir: None,
         shared_data_max_bytes: 1 << 20,
         shared_data_ttl_by_prefix: Vec::new(),
     };
-    PluginHost::start(&[spec], &settings, Arc::new(Metrics::new())).expect("the noop plugin starts")
+    PluginHost::start(specs, &settings, Arc::new(Metrics::new())).expect("the plugins start")
+}
+
+fn noop_host() -> PluginHost {
+    host(&[spec("noop", "noop", serde_json::Value::Null)])
+}
+
+const API_KEY: &str = "bench-key-0123456789abcdef";
+
+/// auth (API key), rate-limit (never refusing), metrics-export: the default chain's plugins.
+fn production_host() -> PluginHost {
+    host(&[
+        spec(
+            "auth",
+            "auth",
+            serde_json::json!({"api_keys": [{"client_id": "bench", "key": API_KEY}]}),
+        ),
+        spec(
+            "rate-limit",
+            "rate_limit",
+            serde_json::json!({"rules": [{"name": "all", "rate_per_second": 1_000_000, "burst": 1_000_000_000u64}]}),
+        ),
+        spec(
+            "metrics-export",
+            "metrics_export",
+            serde_json::json!({"categories": ["polo"], "client_classes": {"bench": "internal"}}),
+        ),
+    ])
 }
 
 fn request() -> RequestHeader {
@@ -139,5 +181,52 @@ fn callbacks(c: &mut Criterion) {
     drop(live);
 }
 
-criterion_group!(benches, callbacks);
+/// A whole request through each production plugin alone and through the three in a chain
+/// (request and response headers, one response body chunk, done/log/delete), hit-shaped.
+fn production(c: &mut Criterion) {
+    let host = production_host();
+    let callouts = Callouts::new(HashMap::new(), &Default::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let plugins = host.plugins.clone();
+    for (label, route) in [
+        ("auth", vec![0]),
+        ("rate-limit", vec![1]),
+        ("metrics-export", vec![2]),
+        ("auth -> rate-limit -> metrics-export", vec![0, 1, 2]),
+    ] {
+        c.bench_function(&format!("request lifecycle: {label}"), |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iterations {
+                        let mut req = request();
+                        req.insert_header("x-api-key", API_KEY)
+                            .expect("valid header");
+                        let mut resp = ResponseHeader::build(200, None).expect("valid response");
+                        resp.insert_header("x-cache", "HIT").expect("valid header");
+                        let started = Instant::now();
+                        let mut chain = Chain::new(&plugins, &route, "bench".into(), None);
+                        let outcome = chain.request_headers(&plugins, &mut req, &callouts).await;
+                        assert_eq!(outcome, Outcome::Continue);
+                        black_box(
+                            chain
+                                .response_headers(&plugins, &mut req, &mut resp, &callouts)
+                                .await,
+                        );
+                        let body = Some(bytes::Bytes::from_static(b"[]"));
+                        black_box(chain.response_body(&plugins, &mut req, body, true).ok());
+                        chain.finish(&plugins, &mut req, Some(200));
+                        spent += started.elapsed();
+                    }
+                    spent
+                })
+            });
+        });
+    }
+}
+
+criterion_group!(benches, callbacks, production);
 criterion_main!(benches);

@@ -6,3 +6,7 @@ pub mod load;
 pub mod report;
 pub mod rig;
 pub mod wire;
+
+/// The shipped binaries' allocator, so what is measured here is what runs in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

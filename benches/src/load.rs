@@ -35,6 +35,8 @@ pub struct LoadSpec {
     /// response is read (measures capacity). `Some(r)`: open loop, `r` requests per second
     /// spread evenly over the connections (measures latency at a given load).
     pub rate: Option<f64>,
+    /// Extra request headers (name, value), e.g. an API key.
+    pub headers: Vec<(String, String)>,
 }
 
 /// What one load run measured.
@@ -99,7 +101,7 @@ async fn connect(spec: &LoadSpec) -> anyhow::Result<Sender> {
 
 /// A lean connection for the measured loop.
 async fn connect_wire(spec: &LoadSpec) -> anyhow::Result<wire::Connection> {
-    let request = wire::get_request(&spec.addr.to_string(), &spec.path_and_query);
+    let request = wire::get_request(&spec.addr.to_string(), &spec.path_and_query, &spec.headers);
     Ok(wire::Connection::new(open(spec).await?, request))
 }
 
@@ -110,9 +112,11 @@ pub async fn get(sender: &mut Sender, spec: &LoadSpec) -> anyhow::Result<Bytes> 
 
 /// One GET of `path`; returns the response body when the status is 200.
 pub async fn get_path(sender: &mut Sender, spec: &LoadSpec, path: &str) -> anyhow::Result<Bytes> {
-    let request = http::Request::get(path)
-        .header(http::header::HOST, spec.addr.to_string())
-        .body(Empty::<Bytes>::new())?;
+    let mut request = http::Request::get(path).header(http::header::HOST, spec.addr.to_string());
+    for (name, value) in &spec.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request.body(Empty::<Bytes>::new())?;
     sender.ready().await?;
     let response = sender.send_request(request).await?;
     let status = response.status();

@@ -60,6 +60,7 @@ impl LoadArgs {
             duration: Duration::from_secs(self.seconds),
             tls,
             rate: None,
+            headers: Vec::new(),
         })
     }
 

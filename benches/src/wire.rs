@@ -30,9 +30,13 @@ pub struct Connection {
     buffer: BytesMut,
 }
 
-/// `GET path HTTP/1.1` with a `Host` header, serialized.
-pub fn get_request(host: &str, path_and_query: &str) -> Vec<u8> {
-    format!("GET {path_and_query} HTTP/1.1\r\nhost: {host}\r\n\r\n").into_bytes()
+/// `GET path HTTP/1.1` with a `Host` header and `headers`, serialized.
+pub fn get_request(host: &str, path_and_query: &str, headers: &[(String, String)]) -> Vec<u8> {
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    format!("GET {path_and_query} HTTP/1.1\r\nhost: {host}\r\n{extra}\r\n").into_bytes()
 }
 
 struct Head {
@@ -143,7 +147,7 @@ mod tests {
     #[tokio::test]
     async fn reads_back_to_back_responses_on_one_connection() {
         let (client, mut server) = tokio::io::duplex(64);
-        let request = get_request("h", "/x");
+        let request = get_request("h", "/x", &[]);
         let expected = request.clone();
         let served = tokio::spawn(async move {
             for body in ["first", "second-body"] {

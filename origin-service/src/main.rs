@@ -9,6 +9,10 @@ use clap::{Parser, Subcommand};
 use config_diagnostics::EXIT_CONFIG;
 use origin_service::config::OriginConfig;
 
+/// mimalloc: per-thread heaps (glibc's arenas contend on the workers' many small allocations).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "origin-service",

@@ -12,6 +12,10 @@ use edge_proxy::config::{self, RuntimeConfig};
 use edge_proxy::metrics::Metrics;
 use pingora::server::RunArgs;
 
+/// mimalloc: per-thread heaps (glibc's arenas contend on the workers' many small allocations).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "edge-proxy",

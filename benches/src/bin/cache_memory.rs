@@ -89,6 +89,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         duration: Duration::ZERO,
         tls: None,
         rate: None,
+        headers: Vec::new(),
     };
     println!(
         "filling {} distinct keys of {} B through the proxy, cache.max_bytes = {} MiB; RSS at start {:.0} MiB",

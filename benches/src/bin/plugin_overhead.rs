@@ -1,6 +1,8 @@
 //! What proxy-wasm plugins cost end to end: cache-hit throughput for `category=polo` through
-//! three proxies in one process - no plugin, one no-op plugin, three no-op plugins - alternating
-//! rounds in one run, each proxy with the same 2 worker threads and cache.
+//! four proxies in one process - no plugin, one no-op plugin, three no-op plugins, and the
+//! production chain (auth by API key -> rate-limit -> metrics-export, with a limit high enough
+//! never to refuse) - alternating rounds in one run, each proxy with the same 2 worker threads
+//! and cache. Every request carries the API key, whatever the proxy.
 //!
 //! `cargo run --release -p edge-benches --bin plugin-overhead` (after `make plugins`).
 
@@ -24,33 +26,48 @@ struct Args {
     /// The plugin module every plugin slot runs.
     #[arg(long, default_value = "plugins/target/wasm32-wasip1/release/noop.wasm")]
     module: std::path::PathBuf,
-    /// Load only the proxy with this many plugins (0, 1 or 3), e.g. to profile one of them.
+    /// Load only one proxy (0, 1 or 3 no-op plugins, 4 for the production chain), e.g. to
+    /// profile it.
     #[arg(long)]
     only: Option<usize>,
+    /// The production proxy's chain (a subset of the three, e.g. `rate-limit` to see one).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "auth,rate-limit,metrics-export"
+    )]
+    production: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     rig::run(bench(Args::parse()))
 }
 
-/// A proxy in `dir` whose catalog route runs `chain` (plugin names, each an instance of `module`).
+const API_KEY: &str = "bench-key-0123456789abcdef";
+
+/// The production chain's plugin entries (modules next to `noop`).
+fn production_plugins(dir: &Path) -> String {
+    let module = |name: &str| dir.join(format!("{name}.wasm")).display().to_string();
+    format!(
+        "  - {{ name: auth, module: {auth}, config: {{ protected_prefixes: [/api/], api_keys: [{{ client_id: bench, key: {API_KEY} }}] }} }}\n\
+         \x20 - {{ name: rate-limit, module: {limit}, config: {{ rules: [{{ name: catalog, path_prefix: /api/, rate_per_second: 1000000, burst: 1000000000 }}] }} }}\n\
+         \x20 - {{ name: metrics-export, module: {metrics}, config: {{ categories: [polo, tee], client_classes: {{ \"bench\": internal }} }} }}\n",
+        auth = module("auth"),
+        limit = module("rate_limit"),
+        metrics = module("metrics_export"),
+    )
+}
+
+/// A proxy in `dir` whose catalog route runs `chain` (names of plugins in `plugins`, YAML list
+/// entries).
 fn proxy(
     dir: &Path,
     origin: std::net::SocketAddr,
     ca: &Path,
-    module: &Path,
+    plugins: &str,
     chain: &[&str],
 ) -> anyhow::Result<RunningProxy> {
     std::fs::create_dir_all(dir)?;
-    let plugins: String = chain
-        .iter()
-        .map(|name| {
-            format!(
-                "  - {{ name: {name}, module: {}, vms: 2 }}\n",
-                module.display()
-            )
-        })
-        .collect();
     rig::start_proxy(
         dir,
         &format!(
@@ -61,8 +78,24 @@ fn proxy(
             "  - {{ name: catalog, path_prefix: /api/, upstream: catalog, plugins: [{}], cache: {{ key_query_params: [category, cursor, limit], tag_query_param: category }} }}",
             chain.join(", ")
         ),
-        &format!("plugins:\n{}", if plugins.is_empty() { "  []\n".to_string() } else { plugins }),
+        &format!(
+            "plugin_host:\n  shared_data: {{ ttl_by_prefix: {{ \"ratelimit/\": 2m }} }}\nplugins:\n{}",
+            if plugins.is_empty() { "  []\n" } else { plugins }
+        ),
     )
+}
+
+/// `names` as no-op plugin entries.
+fn noops(module: &Path, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            format!(
+                "  - {{ name: {name}, module: {}, vms: 2 }}\n",
+                module.display()
+            )
+        })
+        .collect()
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -72,18 +105,41 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let rig::BenchOrigin { origin, ca, .. } =
         rig::start_cacheable_origin(dir.path(), args.products).await?;
     let addr = origin.local_addr();
-    let none = proxy(&dir.path().join("none"), addr, &ca, &module, &[])?;
-    let one = proxy(&dir.path().join("one"), addr, &ca, &module, &["noop"])?;
+    let modules = module.parent().context("the module's folder")?;
+    let none = proxy(&dir.path().join("none"), addr, &ca, "", &[])?;
+    let one = proxy(
+        &dir.path().join("one"),
+        addr,
+        &ca,
+        &noops(&module, &["noop"]),
+        &["noop"],
+    )?;
+    let abc = ["noop-a", "noop-b", "noop-c"];
     let three = proxy(
         &dir.path().join("three"),
         addr,
         &ca,
-        &module,
-        &["noop-a", "noop-b", "noop-c"],
+        &noops(&module, &abc),
+        &abc,
     )?;
-    let specs: Vec<load::LoadSpec> = [&none, &one, &three]
+    let shop = proxy(
+        &dir.path().join("shop"),
+        addr,
+        &ca,
+        &production_plugins(modules),
+        &args
+            .production
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )?;
+    let specs: Vec<load::LoadSpec> = [&none, &one, &three, &shop]
         .iter()
-        .map(|p| args.load.spec(p.listen, &args.path, None))
+        .map(|p| {
+            let mut spec = args.load.spec(p.listen, &args.path, None)?;
+            spec.headers = vec![("x-api-key".into(), API_KEY.into())];
+            Ok(spec)
+        })
         .collect::<anyhow::Result<_>>()?;
     let reference = load::fetch_once(&specs[0]).await?;
     for spec in &specs[1..] {
@@ -102,16 +158,17 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         (0, "no plugin", &specs[0]),
         (1, "1 no-op plugin", &specs[1]),
         (3, "3 no-op plugins", &specs[2]),
+        (4, "auth+rate-limit+metrics", &specs[3]),
     ];
     let chosen: Vec<(&str, &load::LoadSpec)> = targets
         .iter()
         .filter(|(n, _, _)| args.only.is_none_or(|only| only == *n))
         .map(|(_, name, spec)| (*name, *spec))
         .collect();
-    anyhow::ensure!(!chosen.is_empty(), "--only takes 0, 1 or 3");
+    anyhow::ensure!(!chosen.is_empty(), "--only takes 0, 1, 3 or 4");
     let series = rig::alternate(args.load.rounds, &chosen).await?;
     println!("{}", report::summary(&series, &series[0]));
-    for p in [none, one, three] {
+    for p in [none, one, three, shop] {
         tokio::task::spawn_blocking(move || p.stop()).await?;
     }
     origin.stop().await;

@@ -70,28 +70,41 @@ impl Context for Auth {}
 impl HttpContext for Auth {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let settings = self.settings.clone();
-        // Never let a client name itself.
-        self.set_http_request_header(&settings.client_id_header, None);
         let path = self.get_http_request_header(":path").unwrap_or_default();
         let path = path.split('?').next().unwrap_or_default();
+        // Host calls cost: read only what the decision needs.
         let api_key = self.get_http_request_header("x-api-key");
-        let authorization = self.get_http_request_header("authorization");
-        let now = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let authorization = match api_key {
+            Some(_) => None,
+            None => self.get_http_request_header("authorization"),
+        };
+        let now = match (&authorization, &settings.jwt) {
+            (Some(_), Some(_)) => self
+                .get_current_time()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            _ => 0,
+        };
         let creds = Credentials {
             api_key: api_key.as_deref(),
             authorization: authorization.as_deref(),
         };
         match decide(&settings, path, creds, now) {
-            Decision::Public => Action::Continue,
+            Decision::Public => {
+                // Never let a client name itself.
+                self.set_http_request_header(&settings.client_id_header, None);
+                Action::Continue
+            }
             Decision::Allowed { client_id } => {
+                // Replaces any copy the client sent.
                 self.set_http_request_header(&settings.client_id_header, Some(&client_id));
                 self.set_property(CLIENT_ID_PROPERTY.to_vec(), Some(client_id.as_bytes()));
                 if settings.strip_credentials {
+                    // An x-api-key request may also carry an unverified Authorization.
+                    if api_key.is_some() {
+                        self.set_http_request_header("x-api-key", None);
+                    }
                     self.set_http_request_header("authorization", None);
-                    self.set_http_request_header("x-api-key", None);
                 }
                 Action::Continue
             }

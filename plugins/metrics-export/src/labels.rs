@@ -106,15 +106,27 @@ impl Guard {
         })
     }
 
-    fn allowed(list: &[String], value: Option<&str>) -> String {
+    /// 0 for absent, 1 for a value outside `list`, 2 + its position otherwise.
+    fn index(list: &[String], value: Option<&str>) -> u16 {
         match value {
-            None | Some("") => "none".into(),
-            Some(v) if list.iter().any(|a| a == v) => v.to_string(),
-            Some(_) => "other".into(),
+            None | Some("") => 0,
+            Some(v) => list
+                .iter()
+                .position(|a| a == v)
+                .map_or(1, |i| u16::try_from(i + 2).unwrap_or(1)),
         }
     }
 
-    /// The request-side labels from the query string.
+    fn name(list: &[String], index: u16) -> &str {
+        match index {
+            0 => "none",
+            1 => "other",
+            i => list.get(usize::from(i) - 2).map_or("other", String::as_str),
+        }
+    }
+
+    /// The request-side labels from the query string, as indexes (cheap to hash per request;
+    /// [`Guard::category`] and friends give the label values).
     pub fn request_labels(&self, query: &str) -> RequestLabels {
         let get = |name: &str| {
             query
@@ -124,50 +136,100 @@ impl Guard {
                 .map(|(_, v)| v)
         };
         RequestLabels {
-            category: Self::allowed(&self.categories, get("category")),
-            brand: Self::allowed(&self.brands, get("brand")),
-            size: Self::allowed(&self.sizes, get("size")),
+            category: Self::index(&self.categories, get("category")),
+            brand: Self::index(&self.brands, get("brand")),
+            size: Self::index(&self.sizes, get("size")),
         }
     }
 
-    pub fn client_class(&self, client_id: Option<&str>) -> String {
+    pub fn category(&self, labels: &RequestLabels) -> &str {
+        Self::name(&self.categories, labels.category)
+    }
+
+    pub fn brand(&self, labels: &RequestLabels) -> &str {
+        Self::name(&self.brands, labels.brand)
+    }
+
+    pub fn size(&self, labels: &RequestLabels) -> &str {
+        Self::name(&self.sizes, labels.size)
+    }
+
+    /// 0 anonymous, 1 authenticated (no class matches), 2 + the class's position.
+    pub fn client_class(&self, client_id: Option<&str>) -> u16 {
         match client_id.filter(|c| !c.is_empty()) {
-            None => "anonymous".into(),
+            None => 0,
             Some(id) => self
                 .classes
                 .iter()
-                .find(|(prefix, _)| id.starts_with(prefix.as_str()))
-                .map_or_else(|| "authenticated".into(), |(_, class)| class.clone()),
+                .position(|(prefix, _)| id.starts_with(prefix.as_str()))
+                .map_or(1, |i| u16::try_from(i + 2).unwrap_or(1)),
+        }
+    }
+
+    pub fn client_class_name(&self, index: u16) -> &str {
+        match index {
+            0 => "anonymous",
+            1 => "authenticated",
+            i => self
+                .classes
+                .get(usize::from(i) - 2)
+                .map_or("authenticated", |(_, class)| class.as_str()),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// A request's query labels as allow-list indexes (see [`Guard::request_labels`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct RequestLabels {
-    pub category: String,
-    pub brand: String,
-    pub size: String,
+    pub category: u16,
+    pub brand: u16,
+    pub size: u16,
 }
 
 /// `200` -> `2xx`; anything that is not a status -> `other`.
 pub fn status_class(status: Option<&str>) -> &'static str {
+    status_class_name(status_index(status))
+}
+
+pub fn status_class_name(index: u16) -> &'static str {
+    STATUS_CLASSES
+        .get(usize::from(index))
+        .copied()
+        .unwrap_or("other")
+}
+
+const STATUS_CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into the status classes (0: `other`).
+pub fn status_index(status: Option<&str>) -> u16 {
     match status.and_then(|s| s.parse::<u16>().ok()) {
-        Some(100..=199) => "1xx",
-        Some(200..=299) => "2xx",
-        Some(300..=399) => "3xx",
-        Some(400..=499) => "4xx",
-        Some(500..=599) => "5xx",
-        _ => "other",
+        Some(code @ 100..=599) => code / 100,
+        _ => 0,
     }
 }
 
 /// The `X-Cache` value, bounded.
 pub fn cache_result(x_cache: Option<&str>) -> &'static str {
+    cache_name(cache_index(x_cache))
+}
+
+/// 0 absent, 1 unknown, 2 + the result's position in the edge's list.
+pub fn cache_index(x_cache: Option<&str>) -> u16 {
     match x_cache {
-        None => "none",
+        None => 0,
         Some(v) => CACHE_RESULTS
             .iter()
-            .find(|r| r.eq_ignore_ascii_case(v.trim()))
+            .position(|r| r.eq_ignore_ascii_case(v.trim()))
+            .map_or(1, |i| u16::try_from(i + 2).unwrap_or(1)),
+    }
+}
+
+pub fn cache_name(index: u16) -> &'static str {
+    match index {
+        0 => "none",
+        1 => "other",
+        i => CACHE_RESULTS
+            .get(usize::from(i) - 2)
             .copied()
             .unwrap_or("other"),
     }
@@ -185,32 +247,35 @@ mod tests {
         .unwrap()
     }
 
+    fn names(g: &Guard, query: &str) -> (String, String, String) {
+        let l = g.request_labels(query);
+        (g.category(&l).into(), g.brand(&l).into(), g.size(&l).into())
+    }
+
+    fn t(a: &str, b: &str, c: &str) -> (String, String, String) {
+        (a.into(), b.into(), c.into())
+    }
+
     #[test]
     fn values_outside_the_allow_list_become_other() {
         let g = guard();
-        let l = g.request_labels("category=polo&brand=acme&size=XL");
         assert_eq!(
-            (l.category.as_str(), l.brand.as_str(), l.size.as_str()),
-            ("polo", "acme", "XL")
+            names(&g, "category=polo&brand=acme&size=XL"),
+            t("polo", "acme", "XL")
         );
-        let l = g.request_labels("category=%3Cscript%3E&brand=x1&size=XXXXL");
+        assert_eq!(names(&g, "category=tee"), t("tee", "none", "none"));
         assert_eq!(
-            (l.category.as_str(), l.brand.as_str(), l.size.as_str()),
-            ("other", "other", "other")
+            names(&g, "category=%3Cscript%3E&brand=x1&size=XXXXL"),
+            t("other", "other", "other")
         );
-        let l = g.request_labels("limit=5");
-        assert_eq!(
-            (l.category.as_str(), l.brand.as_str(), l.size.as_str()),
-            ("none", "none", "none")
-        );
+        assert_eq!(names(&g, "limit=5"), t("none", "none", "none"));
     }
 
     #[test]
     fn hostile_queries_give_a_bounded_set_of_label_values() {
         let g = guard();
-        let distinct: std::collections::HashSet<String> = (0..10_000)
+        let distinct: std::collections::HashSet<RequestLabels> = (0..10_000)
             .map(|i| g.request_labels(&format!("category=c{i}&brand=b{i}")))
-            .map(|l| format!("{}/{}/{}", l.category, l.brand, l.size))
             .collect();
         assert_eq!(distinct.len(), 1);
     }
@@ -218,11 +283,12 @@ mod tests {
     #[test]
     fn client_classes_by_longest_prefix() {
         let g = guard();
-        assert_eq!(g.client_class(Some("dev-local")), "internal");
-        assert_eq!(g.client_class(Some("partner-gold-7")), "gold");
-        assert_eq!(g.client_class(Some("partner-2")), "partner");
-        assert_eq!(g.client_class(Some("someone")), "authenticated");
-        assert_eq!(g.client_class(None), "anonymous");
+        let class = |id: Option<&str>| g.client_class_name(g.client_class(id)).to_string();
+        assert_eq!(class(Some("dev-local")), "internal");
+        assert_eq!(class(Some("partner-gold-7")), "gold");
+        assert_eq!(class(Some("partner-2")), "partner");
+        assert_eq!(class(Some("someone")), "authenticated");
+        assert_eq!(class(None), "anonymous");
     }
 
     #[test]

@@ -17,27 +17,37 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
-use crate::labels::{cache_result, status_class, Guard, RequestLabels};
+use crate::labels::{cache_index, cache_name, status_index, Guard, RequestLabels};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(MetricsRoot::default()) });
 }}
 
-/// Metric ids by full name (with labels), defined on first use.
+/// One series: which metric, and its label values as indexes (see [`labels`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SeriesKey {
+    /// labels, status class, cache result, client class
+    Requests(RequestLabels, u16, u16, u16),
+    /// category, cache result, status class
+    Duration(u16, u16, u16),
+}
+
+/// Metric ids by series, defined on first use (the name is formatted only then).
 #[derive(Default)]
 struct Registry {
-    ids: HashMap<String, u32>,
+    ids: HashMap<SeriesKey, u32>,
 }
 
 impl Registry {
-    fn id(&mut self, kind: MetricType, name: String) -> Option<u32> {
-        if let Some(id) = self.ids.get(&name) {
+    fn id(&mut self, key: SeriesKey, define: impl FnOnce() -> (MetricType, String)) -> Option<u32> {
+        if let Some(id) = self.ids.get(&key) {
             return Some(*id);
         }
+        let (kind, name) = define();
         match hostcalls::define_metric(kind, &name) {
             Ok(id) => {
-                self.ids.insert(name, id);
+                self.ids.insert(key, id);
                 Some(id)
             }
             Err(status) => {
@@ -90,7 +100,7 @@ struct RequestMetrics {
     guard: Rc<Guard>,
     registry: Rc<RefCell<Registry>>,
     /// Start time, request labels and client class, once the request headers were seen.
-    seen: Option<(SystemTime, RequestLabels, String)>,
+    seen: Option<(SystemTime, RequestLabels, u16)>,
     status: Option<String>,
     cache: Option<String>,
 }
@@ -125,25 +135,37 @@ impl HttpContext for RequestMetrics {
             .get_current_time()
             .duration_since(started)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        let status = status_class(self.status.as_deref());
-        let cache = cache_result(self.cache.as_deref());
-        let prefix = &self.guard.metric_prefix;
-        let RequestLabels {
-            category,
-            brand,
-            size,
-        } = labels;
+        let status = status_index(self.status.as_deref());
+        let cache = cache_index(self.cache.as_deref());
+        let guard = &self.guard;
         let mut registry = self.registry.borrow_mut();
-        let requests = format!(
-            "{prefix}requests_total{{category=\"{category}\",brand=\"{brand}\",size=\"{size}\",status_class=\"{status}\",cache=\"{cache}\",client_class=\"{class}\"}}"
-        );
-        if let Some(id) = registry.id(MetricType::Counter, requests) {
+        let requests = registry.id(SeriesKey::Requests(labels, status, cache, class), || {
+            let name = format!(
+                "{prefix}requests_total{{category=\"{category}\",brand=\"{brand}\",size=\"{size}\",status_class=\"{status}\",cache=\"{cache}\",client_class=\"{class}\"}}",
+                prefix = guard.metric_prefix,
+                category = guard.category(&labels),
+                brand = guard.brand(&labels),
+                size = guard.size(&labels),
+                status = labels::status_class_name(status),
+                cache = cache_name(cache),
+                class = guard.client_class_name(class),
+            );
+            (MetricType::Counter, name)
+        });
+        if let Some(id) = requests {
             let _ = hostcalls::increment_metric(id, 1);
         }
-        let duration = format!(
-            "{prefix}request_duration_us{{category=\"{category}\",cache=\"{cache}\",status_class=\"{status}\"}}"
-        );
-        if let Some(id) = registry.id(MetricType::Histogram, duration) {
+        let duration = registry.id(SeriesKey::Duration(labels.category, cache, status), || {
+            let name = format!(
+                "{prefix}request_duration_us{{category=\"{category}\",cache=\"{cache}\",status_class=\"{status}\"}}",
+                prefix = guard.metric_prefix,
+                category = guard.category(&labels),
+                cache = cache_name(cache),
+                status = labels::status_class_name(status),
+            );
+            (MetricType::Histogram, name)
+        });
+        if let Some(id) = duration {
             let _ = hostcalls::record_metric(id, micros);
         }
     }

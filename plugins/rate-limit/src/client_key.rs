@@ -9,9 +9,15 @@ pub fn client_key(client_id: Option<&str>, api_key: Option<&str>, source: Option
         return format!("client:{id}");
     }
     if let Some(key) = api_key.filter(|s| !s.is_empty()) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(key.as_bytes());
-        let short: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-        return format!("key:{short}");
+        let mut out = String::with_capacity(4 + 24);
+        out.push_str("key:");
+        for b in &digest[..12] {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        return out;
     }
     format!("addr:{}", source.map_or("unknown", host_of))
 }

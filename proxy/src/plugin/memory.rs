@@ -27,7 +27,9 @@ pub fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Res
 
 /// Reads a UTF-8 string (lossily: header names and property paths are ASCII in practice).
 pub fn read_string(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<String> {
-    Ok(String::from_utf8_lossy(&read(caller, ptr, len)?).into_owned())
+    let bytes = read(caller, ptr, len)?;
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 fn write(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) -> wasmtime::Result<()> {
@@ -57,13 +59,17 @@ pub fn give(
     data_out: u32,
     size_out: u32,
 ) -> wasmtime::Result<()> {
-    let allocate = caller
-        .data()
-        .allocator
-        .clone()
-        .ok_or_else(|| wasmtime::Error::msg("the module exports no allocator"))?;
     let size = u32::try_from(bytes.len())?;
-    let address = allocate.call(&mut *caller, size)?;
+    // Moved out for the call and back (not cloned: a clone bumps a reference count shared by
+    // every thread's VMs).
+    let allocate = caller
+        .data_mut()
+        .allocator
+        .take()
+        .ok_or_else(|| wasmtime::Error::msg("the module exports no allocator"))?;
+    let called = allocate.call(&mut *caller, size);
+    caller.data_mut().allocator = Some(allocate);
+    let address = called?;
     if address == 0 && size > 0 {
         return Err(wasmtime::Error::msg("the guest allocator returned null"));
     }

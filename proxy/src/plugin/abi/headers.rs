@@ -51,51 +51,76 @@ pub fn pairs_of(state: &HostState, map: u32) -> Vec<(String, Vec<u8>)> {
     }
 }
 
+/// The request pseudo-headers, in the order Envoy gives them.
+const REQUEST_PSEUDO: [&str; 4] = [":method", ":path", ":authority", ":scheme"];
+
 fn pseudo_request(state: &HostState) -> Vec<(String, Vec<u8>)> {
-    let request = &state.request_headers;
-    let path = request
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .as_bytes()
-        .to_vec();
-    let authority = request
-        .headers
-        .get(http::header::HOST)
-        .map(|h| h.as_bytes().to_vec())
-        .or_else(|| {
-            request
-                .uri
-                .authority()
-                .map(|a| a.as_str().as_bytes().to_vec())
+    REQUEST_PSEUDO
+        .iter()
+        .map(|name| {
+            let value = pseudo_value(state, REQUEST_HEADERS, name).unwrap_or_default();
+            ((*name).to_string(), value)
         })
-        .unwrap_or_default();
-    vec![
-        (
-            ":method".into(),
-            request.method.as_str().as_bytes().to_vec(),
-        ),
-        (":path".into(), path),
-        (":authority".into(), authority),
-        (":scheme".into(), b"http".to_vec()),
-    ]
+        .collect()
+}
+
+/// One pseudo-header (`name` with its colon), computed without building the whole map.
+fn pseudo_value(state: &HostState, map: u32, name: &str) -> Option<Vec<u8>> {
+    match map {
+        REQUEST_HEADERS if state.request_live => {
+            let request = &state.request_headers;
+            let value = match name {
+                ":method" => request.method.as_str().as_bytes(),
+                ":path" => request
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .as_bytes(),
+                ":authority" => request
+                    .headers
+                    .get(http::header::HOST)
+                    .map(|h| h.as_bytes())
+                    .or_else(|| request.uri.authority().map(|a| a.as_str().as_bytes()))
+                    .unwrap_or_default(),
+                ":scheme" => b"http",
+                _ => return None,
+            };
+            Some(value.to_vec())
+        }
+        RESPONSE_HEADERS if state.response_live && name == ":status" => {
+            Some(state.response_headers.status.as_str().as_bytes().to_vec())
+        }
+        _ => None,
+    }
+}
+
+/// `name` in lower case, allocating only when it is not already.
+fn lowercase(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 /// The value of one header (first one when repeated), pseudo-headers included.
 fn value_of(state: &HostState, map: u32, name: &str) -> Option<Vec<u8>> {
-    let name = name.to_ascii_lowercase();
-    if name.starts_with(':') || map == CALL_RESPONSE_HEADERS {
+    let name = lowercase(name);
+    if map == CALL_RESPONSE_HEADERS {
         return pairs_of(state, map)
             .into_iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(&name))
             .map(|(_, v)| v);
+    }
+    if name.starts_with(':') {
+        return pseudo_value(state, map, &name);
     }
     let headers = match map {
         REQUEST_HEADERS if state.request_live => &state.request_headers.headers,
         RESPONSE_HEADERS if state.response_live => &state.response_headers.headers,
         _ => return None,
     };
-    headers.get(name.as_str()).map(|v| v.as_bytes().to_vec())
+    headers.get(name.as_ref()).map(|v| v.as_bytes().to_vec())
 }
 
 /// How a write changes a header map.
@@ -108,8 +133,8 @@ enum Edit {
 
 /// Applies one edit; a bad name or value is logged and ignored (the SDK accepts only Ok).
 fn edit(state: &mut HostState, map: u32, name: &str, value: &[u8], how: Edit) {
-    let name = name.to_ascii_lowercase();
-    let result = match (map, name.as_str()) {
+    let name = lowercase(name);
+    let result = match (map, name.as_ref()) {
         (REQUEST_HEADERS, ":path") if state.request_live && how != Edit::Remove => {
             match std::str::from_utf8(value)
                 .ok()
