@@ -1,8 +1,8 @@
 #![allow(clippy::expect_used)] // benchmark setup: a failure here is a broken setup, reported at once
 //! Host overhead of proxy-wasm callbacks with the no-op plugin (criterion): one
 //! `on_request_headers` round trip on a live context (VM lock, exchange and header swap,
-//! epoch deadline, guest call, swap back), and a whole request's plugin lifecycle (context
-//! create, request headers, response headers, done/log/delete).
+//! epoch deadline, guest call, swap back), the bare guest call, and a whole request's plugin
+//! lifecycle (context create, request and response headers, a body chunk, done/log/delete).
 //!
 //! The production plugins (auth, rate-limit, metrics-export) get the same whole-request
 //! measurement, alone and chained.
@@ -20,6 +20,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use edge_proxy::metrics::Metrics;
 use edge_proxy::plugin::callout::Callouts;
 use edge_proxy::plugin::chain::{Chain, Outcome};
+use edge_proxy::plugin::host::RunningPlugin;
 use edge_proxy::plugin::{FailureMode, HostSettings, PluginHost, PluginSpec};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -152,32 +153,7 @@ fn callbacks(c: &mut Criterion) {
         },
     );
 
-    c.bench_function(
-        "whole request lifecycle (noop: create, req/resp headers, done/log/delete)",
-        |b| {
-            b.iter_custom(|iterations| {
-                runtime.block_on(async {
-                    let mut spent = Duration::ZERO;
-                    for _ in 0..iterations {
-                        // The headers are the proxy's, not the chain's: built off the clock.
-                        let mut req = request();
-                        let mut resp = ResponseHeader::build(200, None).expect("valid response");
-                        let started = Instant::now();
-                        let mut chain = Chain::new(&plugins, &route, "bench".into(), None);
-                        black_box(chain.request_headers(&plugins, &mut req, &callouts).await);
-                        black_box(
-                            chain
-                                .response_headers(&plugins, &mut req, &mut resp, &callouts)
-                                .await,
-                        );
-                        chain.finish(&plugins, &mut req, Some(200));
-                        spent += started.elapsed();
-                    }
-                    spent
-                })
-            });
-        },
-    );
+    lifecycle(c, &runtime, &callouts, &plugins, &route, "noop");
     drop(live);
 }
 
@@ -197,35 +173,49 @@ fn production(c: &mut Criterion) {
         ("metrics-export", vec![2]),
         ("auth -> rate-limit -> metrics-export", vec![0, 1, 2]),
     ] {
-        c.bench_function(&format!("request lifecycle: {label}"), |b| {
-            b.iter_custom(|iterations| {
-                runtime.block_on(async {
-                    let mut spent = Duration::ZERO;
-                    for _ in 0..iterations {
-                        let mut req = request();
-                        req.insert_header("x-api-key", API_KEY)
-                            .expect("valid header");
-                        let mut resp = ResponseHeader::build(200, None).expect("valid response");
-                        resp.insert_header("x-cache", "HIT").expect("valid header");
-                        let started = Instant::now();
-                        let mut chain = Chain::new(&plugins, &route, "bench".into(), None);
-                        let outcome = chain.request_headers(&plugins, &mut req, &callouts).await;
-                        assert_eq!(outcome, Outcome::Continue);
-                        black_box(
-                            chain
-                                .response_headers(&plugins, &mut req, &mut resp, &callouts)
-                                .await,
-                        );
-                        let body = Some(bytes::Bytes::from_static(b"[]"));
-                        black_box(chain.response_body(&plugins, &mut req, body, true).ok());
-                        chain.finish(&plugins, &mut req, Some(200));
-                        spent += started.elapsed();
-                    }
-                    spent
-                })
-            });
-        });
+        lifecycle(c, &runtime, &callouts, &plugins, &route, label);
     }
+}
+
+/// One hit-shaped request through `route` (API key sent, `X-Cache: HIT` answered): context
+/// creation, request and response headers, one response body chunk, done/log/delete. The
+/// headers are the proxy's, not the chain's: built off the clock.
+fn lifecycle(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    callouts: &Callouts,
+    plugins: &[Arc<RunningPlugin>],
+    route: &[usize],
+    label: &str,
+) {
+    c.bench_function(&format!("request lifecycle: {label}"), |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iterations {
+                    let mut req = request();
+                    req.insert_header("x-api-key", API_KEY)
+                        .expect("valid header");
+                    let mut resp = ResponseHeader::build(200, None).expect("valid response");
+                    resp.insert_header("x-cache", "HIT").expect("valid header");
+                    let started = Instant::now();
+                    let mut chain = Chain::new(plugins, route, "bench".into(), None);
+                    let outcome = chain.request_headers(plugins, &mut req, callouts).await;
+                    assert_eq!(outcome, Outcome::Continue);
+                    black_box(
+                        chain
+                            .response_headers(plugins, &mut req, &mut resp, callouts)
+                            .await,
+                    );
+                    let body = Some(bytes::Bytes::from_static(b"[]"));
+                    black_box(chain.response_body(plugins, &mut req, body, true).ok());
+                    chain.finish(plugins, &mut req, Some(200));
+                    spent += started.elapsed();
+                }
+                spent
+            })
+        });
+    });
 }
 
 criterion_group!(benches, callbacks, production);

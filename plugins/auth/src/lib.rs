@@ -14,8 +14,9 @@ pub mod rules;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
+use plugin_support::ConfiguredRoot;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, LogLevel};
 
 use crate::config::Settings;
 use crate::decide::{decide, Credentials, Decision};
@@ -25,41 +26,14 @@ pub const CLIENT_ID_PROPERTY: [&str; 2] = ["auth", "client_id"];
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AuthRoot::default()) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(ConfiguredRoot::new(
+            "auth",
+            Settings::parse,
+            Box::new(|settings| Box::new(Auth { settings })),
+        ))
+    });
 }}
-
-#[derive(Default)]
-struct AuthRoot {
-    settings: Rc<Settings>,
-}
-
-impl Context for AuthRoot {}
-
-impl RootContext for AuthRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Settings::parse(&bytes) {
-            Ok(settings) => {
-                self.settings = Rc::new(settings);
-                true
-            }
-            Err(e) => {
-                log::error!("auth: {e}");
-                false
-            }
-        }
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Auth {
-            settings: self.settings.clone(),
-        }))
-    }
-}
 
 struct Auth {
     settings: Rc<Settings>,

@@ -13,15 +13,32 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::SystemTime;
 
+use plugin_support::ConfiguredRoot;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, LogLevel, MetricType};
 
 use crate::labels::{cache_index, cache_name, status_index, Guard, RequestLabels};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(MetricsRoot::default()) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        // One registry per VM, shared by its requests.
+        let registry = Rc::new(RefCell::new(Registry::default()));
+        Box::new(ConfiguredRoot::new(
+            "metrics-export",
+            Guard::parse,
+            Box::new(move |guard| {
+                Box::new(RequestMetrics {
+                    guard,
+                    registry: registry.clone(),
+                    seen: None,
+                    status: None,
+                    cache: None,
+                })
+            }),
+        ))
+    });
 }}
 
 /// One series: which metric, and its label values as indexes (see [`labels`]).
@@ -55,44 +72,6 @@ impl Registry {
                 None
             }
         }
-    }
-}
-
-#[derive(Default)]
-struct MetricsRoot {
-    guard: Rc<Guard>,
-    registry: Rc<RefCell<Registry>>,
-}
-
-impl Context for MetricsRoot {}
-
-impl RootContext for MetricsRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Guard::parse(&bytes) {
-            Ok(guard) => {
-                self.guard = Rc::new(guard);
-                true
-            }
-            Err(e) => {
-                log::error!("metrics-export: {e}");
-                false
-            }
-        }
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(RequestMetrics {
-            guard: self.guard.clone(),
-            registry: self.registry.clone(),
-            seen: None,
-            status: None,
-            cache: None,
-        }))
     }
 }
 

@@ -15,50 +15,23 @@ pub mod config;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
+use plugin_support::ConfiguredRoot;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
+use proxy_wasm::types::{Action, LogLevel, Status};
 
 use crate::bucket::{Limit, Verdict};
 use crate::config::{query_pairs, Settings};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(LimiterRoot::default()) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(ConfiguredRoot::new(
+            "rate-limit",
+            Settings::parse,
+            Box::new(|settings| Box::new(Limiter { settings, headers: None })),
+        ))
+    });
 }}
-
-#[derive(Default)]
-struct LimiterRoot {
-    settings: Rc<Settings>,
-}
-
-impl Context for LimiterRoot {}
-
-impl RootContext for LimiterRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Settings::parse(&bytes) {
-            Ok(settings) => {
-                self.settings = Rc::new(settings);
-                true
-            }
-            Err(e) => {
-                log::error!("rate-limit: {e}");
-                false
-            }
-        }
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Limiter {
-            settings: self.settings.clone(),
-            headers: None,
-        }))
-    }
-}
 
 struct Limiter {
     settings: Rc<Settings>,
