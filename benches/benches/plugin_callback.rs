@@ -103,13 +103,19 @@ fn request() -> RequestHeader {
     request
 }
 
-fn callbacks(c: &mut Criterion) {
-    let host = noop_host();
+/// No callout upstreams, and a current-thread runtime to drive the chain's async phases.
+fn driver() -> (Callouts, tokio::runtime::Runtime) {
     let callouts = Callouts::new(HashMap::new(), &Default::default());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    (callouts, runtime)
+}
+
+fn callbacks(c: &mut Criterion) {
+    let host = noop_host();
+    let (callouts, runtime) = driver();
     let plugins = host.plugins.clone();
 
     let route = [0];
@@ -161,11 +167,7 @@ fn callbacks(c: &mut Criterion) {
 /// (request and response headers, one response body chunk, done/log/delete), hit-shaped.
 fn production(c: &mut Criterion) {
     let host = production_host();
-    let callouts = Callouts::new(HashMap::new(), &Default::default());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (callouts, runtime) = driver();
     let plugins = host.plugins.clone();
     for (label, route) in [
         ("auth", vec![0]),
