@@ -9,7 +9,7 @@ use crate::jwt::{Jwks, JwtRules};
 use crate::rules::PathRules;
 
 /// The configuration as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Header the authenticated client id is forwarded in (the client's own copy is removed).
@@ -101,17 +101,9 @@ pub struct Settings {
 impl Settings {
     /// Parses and checks `bytes`; the error names the key path and what is wrong.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let raw: RawConfig = if bytes.is_empty() {
-            RawConfig {
-                client_id_header: default_client_id_header(),
-                realm: default_realm(),
-                protected_prefixes: default_protected(),
-                strip_credentials: true,
-                ..RawConfig::default()
-            }
-        } else {
-            serde_json::from_slice(bytes).map_err(|e| format!("config: {e}"))?
-        };
+        // No config is an empty mapping: every default, as serde fills them.
+        let bytes = if bytes.is_empty() { b"{}" } else { bytes };
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| format!("config: {e}"))?;
         let header = raw.client_id_header.to_ascii_lowercase();
         if header.is_empty() || header.starts_with(':') || !header.bytes().all(is_token_byte) {
             return Err(format!(

@@ -186,11 +186,7 @@ pub struct RequestLabels {
     pub size: u16,
 }
 
-/// `200` -> `2xx`; anything that is not a status -> `other`.
-pub fn status_class(status: Option<&str>) -> &'static str {
-    status_class_name(status_index(status))
-}
-
+/// The label of a [`status_index`]: `1xx`..`5xx`, or `other`.
 pub fn status_class_name(index: u16) -> &'static str {
     STATUS_CLASSES
         .get(usize::from(index))
@@ -208,11 +204,6 @@ pub fn status_index(status: Option<&str>) -> u16 {
     }
 }
 
-/// The `X-Cache` value, bounded.
-pub fn cache_result(x_cache: Option<&str>) -> &'static str {
-    cache_name(cache_index(x_cache))
-}
-
 /// 0 absent, 1 unknown, 2 + the result's position in the edge's list.
 pub fn cache_index(x_cache: Option<&str>) -> u16 {
     match x_cache {
@@ -224,6 +215,7 @@ pub fn cache_index(x_cache: Option<&str>) -> u16 {
     }
 }
 
+/// The label of a [`cache_index`].
 pub fn cache_name(index: u16) -> &'static str {
     match index {
         0 => "none",
@@ -289,6 +281,16 @@ mod tests {
         assert_eq!(class(Some("partner-2")), "partner");
         assert_eq!(class(Some("someone")), "authenticated");
         assert_eq!(class(None), "anonymous");
+    }
+
+    /// `200` -> `2xx`; anything that is not a status -> `other`.
+    fn status_class(status: Option<&str>) -> &'static str {
+        status_class_name(status_index(status))
+    }
+
+    /// The `X-Cache` value, bounded.
+    fn cache_result(x_cache: Option<&str>) -> &'static str {
+        cache_name(cache_index(x_cache))
     }
 
     #[test]
