@@ -59,8 +59,10 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The edge configs name the CA the origin generates: prepare the origin's state first.
+# The binaries come from the test build (`cargo test --no-run` builds them with the features the
+# tests unify): a separate `cargo build` would compile pingora and wasmtime a second time.
 check-configs:
-	$(CARGO) build -p origin-service --bin origin-service -p edge-proxy --bin edge-proxy
+	$(CARGO) test --workspace --no-run
 	@for f in $(ORIGIN_CONFIGS); do ./target/debug/origin-service check -c $$f; done
 	./target/debug/origin-service init -c $(ORIGIN_CONFIG)
 	@for f in $(EDGE_CONFIGS); do ./target/debug/edge-proxy check -c $$f; done

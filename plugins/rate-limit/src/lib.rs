@@ -75,13 +75,23 @@ impl HttpContext for Limiter {
         let Some(rule) = settings.rule_for(path, &pairs) else {
             return Action::Continue;
         };
+        // Each lookup is a host call that copies into this VM: ask only for what decides.
         let client_id = self
             .get_property(vec!["auth", "client_id"])
-            .and_then(|b| String::from_utf8(b).ok());
-        let api_key = self.get_http_request_header("x-api-key");
-        let source = self
-            .get_property(vec!["source", "address"])
-            .and_then(|b| String::from_utf8(b).ok());
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|id| !id.is_empty());
+        let api_key = match client_id {
+            Some(_) => None,
+            None => self
+                .get_http_request_header("x-api-key")
+                .filter(|key| !key.is_empty()),
+        };
+        let source = match (&client_id, &api_key) {
+            (None, None) => self
+                .get_property(vec!["source", "address"])
+                .and_then(|b| String::from_utf8(b).ok()),
+            _ => None,
+        };
         let who =
             client_key::client_key(client_id.as_deref(), api_key.as_deref(), source.as_deref());
         let key = format!("{}{}/{}", settings.key_prefix, rule.name, who);

@@ -46,6 +46,7 @@ pub struct ServerFile {
     pub graceful_shutdown_timeout: Duration,
     pub upgrade_sock: String,
     pub write_buffer: usize,
+    pub work_stealing: bool,
 }
 
 /// Default per-connection write buffer: a response whose head and body fit goes out in one write.
@@ -61,6 +62,7 @@ impl Default for ServerFile {
             graceful_shutdown_timeout: Duration::from_secs(10),
             upgrade_sock: "/tmp/edge-proxy-upgrade.sock".into(),
             write_buffer: DEFAULT_WRITE_BUFFER,
+            work_stealing: true,
         }
     }
 }

@@ -21,6 +21,9 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     /// Per-connection write buffer of the data plane, in bytes.
     pub write_buffer: usize,
+    /// One work-stealing runtime for all threads (true), or one single-threaded runtime per
+    /// thread with each connection pinned to one of them (false).
+    pub work_stealing: bool,
 }
 
 #[derive(Debug)]
@@ -48,6 +51,7 @@ impl RuntimeConfig {
     pub fn server_conf(&self) -> ServerConf {
         ServerConf {
             threads: self.server.threads,
+            work_stealing: self.server.work_stealing,
             grace_period_seconds: Some(self.server.grace_period.as_secs()),
             graceful_shutdown_timeout_seconds: Some(
                 self.server.graceful_shutdown_timeout.as_secs().max(1),

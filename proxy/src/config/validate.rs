@@ -251,6 +251,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                 graceful_shutdown_timeout: file.server.graceful_shutdown_timeout,
                 upgrade_sock: file.server.upgrade_sock.clone(),
                 write_buffer: file.server.write_buffer,
+                work_stealing: file.server.work_stealing,
             },
             listen,
             admin_listen,
@@ -288,7 +289,15 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(cfg.keepalive_pool_size, 128);
         assert_eq!(cfg.server.write_buffer, 16 * 1024);
+        assert!(cfg.server_conf().work_stealing);
         assert!(cfg.router.route("/api/v1/products").is_some());
+    }
+
+    #[test]
+    fn work_stealing_reaches_pingora() {
+        let yaml = format!("server: {{ work_stealing: false }}\n{GOOD}");
+        let cfg = super::super::from_yaml(&yaml, Path::new("/etc/edge")).unwrap();
+        assert!(!cfg.server_conf().work_stealing);
     }
 
     #[test]

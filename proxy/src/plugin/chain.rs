@@ -457,8 +457,8 @@ impl Chain {
             return Err(("no VM".into(), data));
         };
         let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        let original = data.clone();
         self.exchange.body = Some((kind, data));
+        self.exchange.body_before_edit = None;
         let result = with_exchange(vm, &mut self.exchange, request, None, |vm| match kind {
             BodyKind::Request => vm.on_request_body(context, size, end_of_stream),
             BodyKind::Response => vm.on_response_body(context, size, end_of_stream),
@@ -469,11 +469,13 @@ impl Chain {
             .take()
             .map(|(_, bytes)| bytes)
             .unwrap_or_default();
+        let before_edit = self.exchange.body_before_edit.take();
         match result {
             Ok(action) => Ok((action, passed)),
             Err(fault) => {
                 guard.discard();
-                Err((fault.to_string(), original))
+                // The bytes the plugin was given, not its half-done edit.
+                Err((fault.to_string(), before_edit.unwrap_or(passed)))
             }
         }
     }

@@ -62,6 +62,10 @@ impl PluginEngine {
         config
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        // Profiling aid (plugins/README.md): perf names JIT-compiled wasm functions.
+        if std::env::var_os("EDGE_WASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(engine_error)?;
         let ticking = Arc::new(AtomicBool::new(true));
         let (ticker_engine, running) = (engine.clone(), ticking.clone());

@@ -65,13 +65,17 @@ pub struct Exchange {
     pub client: Option<SocketAddr>,
     /// Status of the response, once there is one.
     pub response_code: Option<u16>,
-    /// Custom properties set by plugins (e.g. the authenticated client id).
-    pub properties: HashMap<String, Vec<u8>>,
+    /// Custom properties set by plugins (e.g. the authenticated client id), by their path as
+    /// the ABI passes it (segments separated by NUL bytes).
+    pub properties: HashMap<Vec<u8>, Vec<u8>>,
     pub local_response: Option<LocalResponse>,
     /// The plugin asked to resume a paused stream.
     pub resumed: bool,
     /// The body chunk (or whole buffered body) the current body callback sees.
     pub body: Option<(BodyKind, bytes::Bytes)>,
+    /// The body as the callback received it, kept aside once a plugin edits it: what goes on if
+    /// the callback then fails (so the common, unedited case needs no second reference).
+    pub body_before_edit: Option<bytes::Bytes>,
 }
 
 /// The store data of one VM.

@@ -136,7 +136,7 @@ const TIME_EVERY: u64 = 8;
 
 /// Local call metrics reach `/metrics` after this many calls, or this long after the last flush
 /// (checked at each call, and by the ticker for idle VMs).
-const FLUSH_CALLS: u32 = 64;
+const FLUSH_CALLS: u32 = 1024;
 pub const FLUSH_AFTER: Duration = Duration::from_millis(100);
 
 impl LocalCalls {

@@ -71,15 +71,21 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
                 return Ok(status::OK);
             };
             let exchange = &mut caller.data_mut().exchange;
-            match &mut exchange.body {
-                Some((k, body)) if *k == kind => {
+            match exchange.body.take() {
+                Some((k, body)) if k == kind => {
                     let mut edited = body.to_vec();
                     let start = (start as usize).min(edited.len());
                     let end = start.saturating_add(size as usize).min(edited.len());
                     edited.splice(start..end, bytes);
-                    *body = edited.into();
+                    exchange.body = Some((kind, edited.into()));
+                    exchange.body_before_edit.get_or_insert(body);
                 }
-                _ => exchange.body = Some((kind, bytes.into())),
+                other => {
+                    if let Some((_, body)) = other {
+                        exchange.body_before_edit.get_or_insert(body);
+                    }
+                    exchange.body = Some((kind, bytes.into()));
+                }
             }
             Ok(status::OK)
         },

@@ -16,12 +16,25 @@ fn int(value: i64) -> Vec<u8> {
     value.to_le_bytes().to_vec()
 }
 
-/// The value of property `path` (segments), if known.
-pub fn lookup(state: &HostState, path: &[&str]) -> Option<Vec<u8>> {
+/// The value of property `raw` (the ABI's NUL-separated path), if known.
+pub fn lookup(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
+    let mut segments = [""; 4];
+    let mut count = 0;
+    for part in raw.split(|b| *b == 0) {
+        // Longer paths, and paths that are not UTF-8, can only be custom properties.
+        let Some(slot) = segments.get_mut(count) else {
+            return custom(state, raw);
+        };
+        let Ok(part) = std::str::from_utf8(part) else {
+            return custom(state, raw);
+        };
+        *slot = part;
+        count += 1;
+    }
     let request = state.request_live.then_some(&state.request_headers);
     let exchange = &state.exchange;
     let text = |s: &str| Some(s.as_bytes().to_vec());
-    match path {
+    match &segments[..count] {
         ["plugin_name"] | ["plugin_root_id"] => text(&state.plugin.name),
         ["request", "path"] => text(request?.uri.path_and_query().map_or("/", |p| p.as_str())),
         ["request", "url_path"] => text(request?.uri.path()),
@@ -43,14 +56,13 @@ pub fn lookup(state: &HostState, path: &[&str]) -> Option<Vec<u8>> {
             .then(|| state.response_headers.status.as_u16())
             .or(exchange.response_code)
             .map(|c| int(i64::from(c))),
-        custom => exchange.properties.get(&custom.join(".")).cloned(),
+        _ => custom(state, raw),
     }
 }
 
-fn segments(raw: &[u8]) -> Vec<String> {
-    raw.split(|b| *b == 0)
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
+/// A property a plugin set, by its raw path (no key is built per lookup).
+fn custom(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
+    state.exchange.properties.get(raw).cloned()
 }
 
 pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
@@ -63,9 +75,7 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
          size_out: u32|
          -> wasmtime::Result<u32> {
             let raw = memory::read(&caller, path, len)?;
-            let owned = segments(&raw);
-            let parts: Vec<&str> = owned.iter().map(String::as_str).collect();
-            match lookup(caller.data(), &parts) {
+            match lookup(caller.data(), &raw) {
                 Some(value) => {
                     memory::give(&mut caller, &value, data_out, size_out)?;
                     Ok(status::OK)
@@ -82,7 +92,7 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
          value: u32,
          value_len: u32|
          -> wasmtime::Result<u32> {
-            let key = segments(&memory::read(&caller, path, len)?).join(".");
+            let key = memory::read(&caller, path, len)?;
             let value = memory::read(&caller, value, value_len)?;
             caller.data_mut().exchange.properties.insert(key, value);
             Ok(status::OK)
