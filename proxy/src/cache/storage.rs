@@ -23,27 +23,48 @@ use pingora::cache::{CacheKey, CacheMeta, HitHandler, MissHandler, Storage};
 use pingora::http::ResponseHeader;
 use pingora::Result;
 
-/// Bytes an entry costs beyond its body and meta: key, tag, Arc and map overhead.
-const ENTRY_OVERHEAD: usize = 128;
+/// Bytes an entry costs beyond its body, meta, header and tag: the `Entry` itself in its `Arc`,
+/// the key, and moka's own bookkeeping per entry (its map bucket, the value entry with its
+/// atomics, the access- and write-order deque nodes: about 256 bytes, estimated).
+const ENTRY_OVERHEAD: usize =
+    std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<usize>() + 16 + 256;
+
+/// Heap bytes a parsed header line costs beyond its name and value: its bucket in the header
+/// map and in the case-preserving name map, the index slots and the `Bytes` handles.
+const HEADER_LINE_OVERHEAD: usize = 160;
 
 #[derive(Debug)]
 struct Entry {
     meta_internal: Vec<u8>,
     /// The response header, parsed (what a hit hands out).
     header: ResponseHeader,
-    /// Size of the header in pingora's serialized form, for weighing.
+    /// Heap bytes of the parsed header, for weighing.
     header_bytes: usize,
     body: Bytes,
     tag: Box<str>,
 }
 
+/// What the parsed `header` holds on the heap (names, values, both maps), estimated.
+fn parsed_header_bytes(header: &ResponseHeader) -> usize {
+    header
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() * 2 + value.len() + HEADER_LINE_OVERHEAD)
+        .sum::<usize>()
+        + HEADER_LINE_OVERHEAD
+}
+
 impl Entry {
     fn new(meta: &CacheMeta, body: Bytes, tag: Box<str>) -> Result<Self> {
-        let (meta_internal, header) = meta.serialize()?;
+        let (meta_internal, serialized) = meta.serialize()?;
+        // The upstream's header values are slices of the connection's read buffer: kept as they
+        // are, each entry would pin that whole buffer (kilobytes the weigher never sees). Parsed
+        // back from the serialized form, the header owns only its own bytes.
+        let header = CacheMeta::deserialize(&meta_internal, &serialized)?.response_header_copy();
         Ok(Self {
             meta_internal,
-            header: meta.response_header_copy(),
-            header_bytes: header.len(),
+            header_bytes: parsed_header_bytes(&header),
+            header,
             body,
             tag,
         })
@@ -219,7 +240,12 @@ impl HandleMiss for Miss {
             mut entry,
             body,
         } = *self;
-        entry.body = body.freeze();
+        // A grown buffer can hold up to twice its length: store exactly the body's bytes.
+        entry.body = if body.capacity() > body.len() + body.len() / 8 {
+            Bytes::copy_from_slice(&body)
+        } else {
+            body.freeze()
+        };
         let size = entry.weight() as usize;
         storage.insert(key, entry);
         Ok(MissFinishType::Created(size))
@@ -307,6 +333,37 @@ mod tests {
             .unwrap();
         let now = SystemTime::now();
         CacheMeta::new(now + Duration::from_secs(30), now, 10, 60, header)
+    }
+
+    #[test]
+    fn an_entry_owns_its_header_and_is_weighed_for_it() {
+        // As pingora parses an upstream response: every value a slice of one big read buffer.
+        let mut buffer = vec![b' '; 64 * 1024];
+        buffer[..16].copy_from_slice(b"application/json");
+        buffer[16..19].copy_from_slice(b"abc");
+        let buffer = Bytes::from(buffer);
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        let value = |r: std::ops::Range<usize>| {
+            http::HeaderValue::from_maybe_shared(buffer.slice(r)).unwrap()
+        };
+        header.insert_header("content-type", value(0..16)).unwrap();
+        header.insert_header("etag", value(16..19)).unwrap();
+        let now = SystemTime::now();
+        let meta = CacheMeta::new(now + Duration::from_secs(30), now, 10, 60, header);
+        let entry = Entry::new(&meta, Bytes::from_static(b"{}"), "polo".into()).unwrap();
+        for (_, value) in entry.header.headers.iter() {
+            let at = value.as_bytes().as_ptr() as usize;
+            assert!(
+                !range.contains(&at),
+                "a stored value still points into the read buffer"
+            );
+        }
+        assert_eq!(entry.header.headers["content-type"], "application/json");
+        assert_eq!(entry.header.headers["etag"], "abc");
+        let named = "content-type".len() * 2 + 16 + "etag".len() * 2 + 3;
+        assert!(entry.header_bytes >= named + 2 * HEADER_LINE_OVERHEAD);
+        assert!(entry.weight() as usize >= entry.header_bytes + 2);
     }
 
     async fn store(storage: &'static MokaStorage, url: &str, tag: &str, body: &'static [u8]) {
