@@ -458,7 +458,6 @@ impl Chain {
         };
         let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
         self.exchange.body = Some((kind, data));
-        self.exchange.body_before_edit = None;
         let result = with_exchange(vm, &mut self.exchange, request, None, |vm| match kind {
             BodyKind::Request => vm.on_request_body(context, size, end_of_stream),
             BodyKind::Response => vm.on_response_body(context, size, end_of_stream),

@@ -71,21 +71,20 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
                 return Ok(status::OK);
             };
             let exchange = &mut caller.data_mut().exchange;
-            match exchange.body.take() {
-                Some((k, body)) if k == kind => {
+            let received = exchange.body.take();
+            let edited = match &received {
+                Some((k, body)) if *k == kind => {
                     let mut edited = body.to_vec();
                     let start = (start as usize).min(edited.len());
                     let end = start.saturating_add(size as usize).min(edited.len());
                     edited.splice(start..end, bytes);
-                    exchange.body = Some((kind, edited.into()));
-                    exchange.body_before_edit.get_or_insert(body);
+                    edited
                 }
-                other => {
-                    if let Some((_, body)) = other {
-                        exchange.body_before_edit.get_or_insert(body);
-                    }
-                    exchange.body = Some((kind, bytes.into()));
-                }
+                _ => bytes,
+            };
+            exchange.body = Some((kind, edited.into()));
+            if let Some((_, body)) = received {
+                exchange.body_before_edit.get_or_insert(body);
             }
             Ok(status::OK)
         },
