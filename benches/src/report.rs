@@ -95,6 +95,30 @@ pub fn summary(series: &[Series], baseline: &Series) -> String {
             s.median_throughput() / baseline.median_throughput(),
             s.median_percentile_ms(0.95) / baseline.median_percentile_ms(0.95)
         ));
+        let (throughput, p95) = paired_ratios(s, baseline);
+        out.push_str(&format!(
+            "      paired by round: throughput x{:.3} (rounds x{:.3}..x{:.3}), p95 x{:.3}\n",
+            median(throughput.clone()),
+            throughput.iter().copied().fold(f64::INFINITY, f64::min),
+            throughput.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            median(p95),
+        ));
     }
     out
+}
+
+/// Each round's ratio of `s` to `baseline` (throughput, p95). Both ran within seconds of each
+/// other in a round, so the machine's slow drifts cancel in the pair: the median of these is
+/// the steadier estimate on a shared, noisy host.
+pub fn paired_ratios(s: &Series, baseline: &Series) -> (Vec<f64>, Vec<f64>) {
+    s.rounds
+        .iter()
+        .zip(&baseline.rounds)
+        .map(|(r, b)| {
+            (
+                r.throughput() / b.throughput(),
+                r.percentile_ms(0.95) / b.percentile_ms(0.95),
+            )
+        })
+        .unzip()
 }

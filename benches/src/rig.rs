@@ -138,8 +138,9 @@ pub fn start_proxy(
     Ok(RunningProxy::start(config)?)
 }
 
-/// Runs `rounds` rounds, each target once per round in order, printing the table as it goes;
-/// returns one series per target.
+/// Runs `rounds` rounds, each target once per round, printing the table as it goes; returns
+/// one series per target. Each round starts one target further on (round 2 starts with the
+/// second target), so no target always runs right after the same other one.
 pub async fn alternate(
     rounds: usize,
     targets: &[(&str, &LoadSpec)],
@@ -147,8 +148,10 @@ pub async fn alternate(
     println!("{}", report::header());
     let mut series: Vec<Series> = targets.iter().map(|(name, _)| Series::new(name)).collect();
     for round in 1..=rounds {
-        for ((_, spec), s) in targets.iter().zip(series.iter_mut()) {
-            let result = load::run((*spec).clone()).await?;
+        for offset in 0..targets.len() {
+            let index = (round - 1 + offset) % targets.len();
+            let result = load::run(targets[index].1.clone()).await?;
+            let s = &mut series[index];
             println!("{}", report::row(&s.name, round, &result));
             s.rounds.push(result);
         }

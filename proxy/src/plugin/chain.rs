@@ -12,7 +12,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::callout::Callouts;
 use super::host::{RunningPlugin, VmGuard};
-use super::state::{BodyKind, Exchange, LocalResponse};
+use super::state::{BodyKind, CalloutRequest, Exchange, LocalResponse};
 use super::vm::{Action, Vm};
 use super::{FailureMode, Fault};
 
@@ -46,6 +46,14 @@ pub enum BodyStep {
     Forward(Bytes),
     /// A plugin is buffering: send nothing yet.
     Hold,
+}
+
+/// What a header callback left to do.
+enum Called {
+    /// Nothing: go on, or answer with this local response.
+    Done(Option<LocalResponse>),
+    /// The plugin paused (with callouts to run, or waiting for a resume).
+    Paused(Action, Vec<CalloutRequest>),
 }
 
 /// Which headers a callback sees.
@@ -125,7 +133,6 @@ fn with_exchange<R>(
         }
         state.response_live = false;
     }
-    state.callout_response = None;
     result
 }
 
@@ -211,6 +218,11 @@ impl Chain {
         mut response: Option<&mut ResponseHeader>,
         callouts: &Callouts,
     ) -> Outcome {
+        // Asked once for the whole chain, not once per plugin.
+        let end_of_stream = match phase {
+            Phase::RequestHeaders => !Chain::has_body(request),
+            Phase::ResponseHeaders => false,
+        };
         for index in 0..self.links.len() {
             if self.links[index].skipped {
                 continue;
@@ -218,16 +230,30 @@ impl Chain {
             let Some(plugin) = plugins.get(self.links[index].plugin) else {
                 continue;
             };
-            let step = self
-                .step(
-                    plugin,
-                    index,
-                    phase,
-                    request,
-                    response.as_deref_mut(),
-                    callouts,
-                )
-                .await;
+            let step = match self.call(
+                plugin,
+                index,
+                phase,
+                end_of_stream,
+                request,
+                response.as_deref_mut(),
+            ) {
+                Ok(Called::Done(local)) => Ok(local),
+                Ok(Called::Paused(action, pending)) => {
+                    // The rare path, boxed so the common one's future stays small.
+                    Box::pin(self.deliver(
+                        plugin,
+                        index,
+                        action,
+                        pending,
+                        request,
+                        response.as_deref_mut(),
+                        callouts,
+                    ))
+                    .await
+                }
+                Err(fault) => Err(fault),
+            };
             match step {
                 Ok(None) => {}
                 Ok(Some(local)) => return Outcome::Respond(local),
@@ -241,81 +267,89 @@ impl Chain {
         Outcome::Continue
     }
 
-    /// One plugin's callback for `phase`, then any callouts it dispatched; returns its local
-    /// response, if any.
-    async fn step(
+    /// One plugin's callback for `phase` (creating its context on first use).
+    fn call(
         &mut self,
         plugin: &RunningPlugin,
         index: usize,
         phase: Phase,
+        end_of_stream: bool,
+        request: &mut RequestHeader,
+        response: Option<&mut ResponseHeader>,
+    ) -> Result<Called, String> {
+        let mut guard = plugin
+            .lock(self.links[index].slot)
+            .map_err(|e| e.to_string())?;
+        let generation = guard.generation;
+        let Some(vm) = guard.vm() else {
+            return Err("no VM".into());
+        };
+        let context = match self.links[index].context {
+            Some((g, id)) if g == generation => id,
+            Some(_) => return Err(REBUILT.into()),
+            None => {
+                let id = vm.create_http_context().map_err(|f| {
+                    guard.discard();
+                    f.to_string()
+                })?;
+                self.links[index].context = Some((generation, id));
+                id
+            }
+        };
+        let Some(vm) = guard.vm() else {
+            return Err("no VM".into());
+        };
+        let header_count = |n: usize| u32::try_from(n + 4).unwrap_or(u32::MAX);
+        let result = with_exchange(vm, &mut self.exchange, request, response, |vm| {
+            match phase {
+                Phase::RequestHeaders => {
+                    let n = header_count(vm.state().request_headers.headers.len());
+                    vm.on_request_headers(context, n, end_of_stream)
+                }
+                Phase::ResponseHeaders => {
+                    let n = header_count(vm.state().response_headers.headers.len());
+                    vm.on_response_headers(context, n, false)
+                }
+            }
+            .map(|action| (action, std::mem::take(&mut vm.state_mut().callouts)))
+        });
+        let (action, pending) = match result {
+            Ok(done) => done,
+            Err(fault) => {
+                guard.discard();
+                return Err(fault.to_string());
+            }
+        };
+        drop(guard);
+        if let Some(local) = self.exchange.local_response.take() {
+            return Ok(Called::Done(Some(local)));
+        }
+        if action == Action::Continue && pending.is_empty() {
+            return Ok(Called::Done(None));
+        }
+        if phase == Phase::ResponseHeaders && action == Action::Pause && pending.is_empty() {
+            self.response_headers_held = true;
+            return Ok(Called::Done(None));
+        }
+        Ok(Called::Paused(action, pending))
+    }
+
+    /// A paused plugin's callouts: each runs off the VM lock, then its answer is delivered with
+    /// `on_http_call_response` (which may dispatch more); returns the plugin's local response.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver(
+        &mut self,
+        plugin: &RunningPlugin,
+        index: usize,
+        action: Action,
+        mut pending: Vec<CalloutRequest>,
         request: &mut RequestHeader,
         mut response: Option<&mut ResponseHeader>,
         callouts: &Callouts,
     ) -> Result<Option<LocalResponse>, String> {
-        let (dispatched, context) = {
-            let mut guard = plugin
-                .lock(self.links[index].slot)
-                .map_err(|e| e.to_string())?;
-            let generation = guard.generation;
-            let Some(vm) = guard.vm() else {
-                return Err("no VM".into());
-            };
-            let context = match self.links[index].context {
-                Some((g, id)) if g == generation => id,
-                Some(_) => return Err(REBUILT.into()),
-                None => {
-                    let id = vm.create_http_context().map_err(|f| {
-                        guard.discard();
-                        f.to_string()
-                    })?;
-                    self.links[index].context = Some((generation, id));
-                    id
-                }
-            };
-            let Some(vm) = guard.vm() else {
-                return Err("no VM".into());
-            };
-            let header_count = |n: usize| u32::try_from(n + 4).unwrap_or(u32::MAX);
-            let result = with_exchange(
-                vm,
-                &mut self.exchange,
-                request,
-                response.as_deref_mut(),
-                |vm| {
-                    match phase {
-                        Phase::RequestHeaders => {
-                            let n = header_count(vm.state().request_headers.headers.len());
-                            let end_of_stream = !Chain::has_body(&vm.state().request_headers);
-                            vm.on_request_headers(context, n, end_of_stream)
-                        }
-                        Phase::ResponseHeaders => {
-                            let n = header_count(vm.state().response_headers.headers.len());
-                            vm.on_response_headers(context, n, false)
-                        }
-                    }
-                    .map(|action| (action, std::mem::take(&mut vm.state_mut().callouts)))
-                },
-            );
-            match result {
-                Ok(done) => (done, context),
-                Err(fault) => {
-                    guard.discard();
-                    return Err(fault.to_string());
-                }
-            }
+        let Some((_, context)) = self.links[index].context else {
+            return Err(REBUILT.into());
         };
-        if let Some(local) = self.exchange.local_response.take() {
-            return Ok(Some(local));
-        }
-        let (action, mut pending) = dispatched;
-        if action == Action::Continue && pending.is_empty() {
-            return Ok(None);
-        }
-        if phase == Phase::ResponseHeaders && action == Action::Pause && pending.is_empty() {
-            self.response_headers_held = true;
-            return Ok(None);
-        }
-        // Paused: run the callouts off the VM lock, then deliver each answer.
         while !pending.is_empty() {
             let answers = callouts.run_all(std::mem::take(&mut pending)).await;
             for (token, answer) in answers {
@@ -332,8 +366,10 @@ impl Chain {
                     |vm| {
                         let (headers, body) = answer.sizes();
                         vm.state_mut().callout_response = answer.response;
-                        vm.on_http_call_response(context, token, headers, body)
-                            .map(|()| std::mem::take(&mut vm.state_mut().callouts))
+                        let delivered = vm.on_http_call_response(context, token, headers, body);
+                        let state = vm.state_mut();
+                        state.callout_response = None;
+                        delivered.map(|()| std::mem::take(&mut state.callouts))
                     },
                 );
                 match result {

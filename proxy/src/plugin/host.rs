@@ -156,7 +156,11 @@ impl RunningPlugin {
 
     /// Locks slot `index`, rebuilding its VM if a fault discarded it.
     pub fn lock(&self, index: usize) -> Result<VmGuard<'_>, PluginError> {
-        let slot = &self.slots[index % self.slots.len()];
+        // `index` comes from `pick_slot`, so in range: no division on the common path.
+        let slot = match self.slots.get(index) {
+            Some(slot) => slot,
+            None => &self.slots[index % self.slots.len()],
+        };
         let mut guard = slot.vm.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.is_none() {
             let vm = self.start_vm(slot)?;
