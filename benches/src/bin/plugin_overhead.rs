@@ -37,6 +37,11 @@ struct Args {
         default_value = "auth,rate-limit,metrics-export"
     )]
     production: Vec<String>,
+    /// Each no-op plugin runs its own copy of the module (made distinct by a custom section),
+    /// so each has its own compiled code, as different plugins do; by default the three
+    /// no-op plugins share one compiled module.
+    #[arg(long)]
+    distinct_modules: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,17 +90,36 @@ fn proxy(
     )
 }
 
-/// `names` as no-op plugin entries.
-fn noops(module: &Path, names: &[&str]) -> String {
-    names
-        .iter()
-        .map(|name| {
-            format!(
-                "  - {{ name: {name}, module: {}, vms: 2 }}\n",
-                module.display()
-            )
-        })
-        .collect()
+/// `names` as no-op plugin entries; with `copies_in`, each runs its own copy of `module`.
+fn noops(module: &Path, names: &[&str], copies_in: Option<&Path>) -> anyhow::Result<String> {
+    let mut entries = String::new();
+    for name in names {
+        let path = match copies_in {
+            Some(dir) => distinct_copy(module, dir, name)?,
+            None => module.to_path_buf(),
+        };
+        entries.push_str(&format!(
+            "  - {{ name: {name}, module: {}, vms: 2 }}\n",
+            path.display()
+        ));
+    }
+    Ok(entries)
+}
+
+/// A copy of `module` in `dir` with a custom section named after `name` appended: the same
+/// code, but another content hash, so the engine compiles it separately.
+fn distinct_copy(module: &Path, dir: &Path, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    const SECTION: &[u8] = b"edge-bench-copy";
+    let mut wasm = std::fs::read(module)?;
+    let size = 1 + SECTION.len() + name.len();
+    anyhow::ensure!(size < 128 && SECTION.len() < 128, "plugin name too long");
+    // Custom section: id 0, size, name length, name, payload (each length fits one LEB128 byte).
+    wasm.extend([0, size as u8, SECTION.len() as u8]);
+    wasm.extend_from_slice(SECTION);
+    wasm.extend_from_slice(name.as_bytes());
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, wasm)?;
+    Ok(path)
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -111,7 +135,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         &dir.path().join("one"),
         addr,
         &ca,
-        &noops(&module, &["noop"]),
+        &noops(&module, &["noop"], None)?,
         &["noop"],
     )?;
     let abc = ["noop-a", "noop-b", "noop-c"];
@@ -119,7 +143,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         &dir.path().join("three"),
         addr,
         &ca,
-        &noops(&module, &abc),
+        &noops(&module, &abc, args.distinct_modules.then(|| dir.path()))?,
         &abc,
     )?;
     let shop = proxy(
