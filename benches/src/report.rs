@@ -110,7 +110,7 @@ pub fn summary(series: &[Series], baseline: &Series) -> String {
 /// Each round's ratio of `s` to `baseline` (throughput, p95). Both ran within seconds of each
 /// other in a round, so the machine's slow drifts cancel in the pair: the median of these is
 /// the steadier estimate on a shared, noisy host.
-pub fn paired_ratios(s: &Series, baseline: &Series) -> (Vec<f64>, Vec<f64>) {
+fn paired_ratios(s: &Series, baseline: &Series) -> (Vec<f64>, Vec<f64>) {
     s.rounds
         .iter()
         .zip(&baseline.rounds)

@@ -287,17 +287,16 @@ impl Chain {
         let context = match self.links[index].context {
             Some((g, id)) if g == generation => id,
             Some(_) => return Err(REBUILT.into()),
-            None => {
-                let id = vm.create_http_context().map_err(|f| {
+            None => match vm.create_http_context() {
+                Ok(id) => {
+                    self.links[index].context = Some((generation, id));
+                    id
+                }
+                Err(fault) => {
                     guard.discard();
-                    f.to_string()
-                })?;
-                self.links[index].context = Some((generation, id));
-                id
-            }
-        };
-        let Some(vm) = guard.vm() else {
-            return Err("no VM".into());
+                    return Err(fault.to_string());
+                }
+            },
         };
         let header_count = |n: usize| u32::try_from(n + 4).unwrap_or(u32::MAX);
         let result = with_exchange(vm, &mut self.exchange, request, response, |vm| {
@@ -347,14 +346,13 @@ impl Chain {
         mut response: Option<&mut ResponseHeader>,
         callouts: &Callouts,
     ) -> Result<Option<LocalResponse>, String> {
-        let Some((_, context)) = self.links[index].context else {
+        let Some((generation, context)) = self.links[index].context else {
             return Err(REBUILT.into());
         };
         while !pending.is_empty() {
             let answers = callouts.run_all(std::mem::take(&mut pending)).await;
             for (token, answer) in answers {
-                let generation = self.links[index].context.map(|(g, _)| g);
-                let mut guard = lock_generation(plugin, self.links[index].slot, generation)?;
+                let mut guard = lock_generation(plugin, self.links[index].slot, Some(generation))?;
                 let Some(vm) = guard.vm() else {
                     return Err("no VM".into());
                 };

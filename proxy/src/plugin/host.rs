@@ -148,19 +148,23 @@ impl RunningPlugin {
 
     /// The tick period slot `index`'s root context asked for, if any.
     pub fn tick_period(&self, index: usize) -> Option<Duration> {
-        let ms = self.slots[index % self.slots.len()]
+        let ms = self
+            .slots
+            .get(index)?
             .tick_period_ms
             .load(Ordering::Relaxed);
         (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
     }
 
-    /// Locks slot `index`, rebuilding its VM if a fault discarded it.
+    /// Locks slot `index` (below [`Self::slot_count`], as [`Self::pick_slot`] gives), rebuilding
+    /// its VM if a fault discarded it.
     pub fn lock(&self, index: usize) -> Result<VmGuard<'_>, PluginError> {
-        // `index` comes from `pick_slot`, so in range: no division on the common path.
-        let slot = match self.slots.get(index) {
-            Some(slot) => slot,
-            None => &self.slots[index % self.slots.len()],
-        };
+        let slot = self.slots.get(index).ok_or_else(|| {
+            PluginError::Engine(format!(
+                "plugin `{}` has no VM slot {index}",
+                self.spec.name
+            ))
+        })?;
         let mut guard = slot.vm.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.is_none() {
             let vm = self.start_vm(slot)?;
