@@ -9,6 +9,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use plugin_support::CREATE_ONLY;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use serde::Deserialize;
@@ -139,7 +140,8 @@ impl Context for Probe {
     }
 }
 
-/// Adds one to the decimal counter at `key`, retrying on CAS mismatch.
+/// Adds one to the decimal counter at `key`, retrying on CAS mismatch; an absent counter is
+/// created with [`CREATE_ONLY`], so racing creators cannot lose each other's increments.
 fn increment_shared(context: &dyn Context, key: &str) {
     loop {
         let (value, cas) = context.get_shared_data(key);
@@ -148,7 +150,11 @@ fn increment_shared(context: &dyn Context, key: &str) {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         if context
-            .set_shared_data(key, Some((n + 1).to_string().as_bytes()), cas)
+            .set_shared_data(
+                key,
+                Some((n + 1).to_string().as_bytes()),
+                cas.or(CREATE_ONLY),
+            )
             .is_ok()
         {
             return;

@@ -4,9 +4,8 @@
 //! gets a 429 with `Retry-After`; refused and allowed responses carry `RateLimit-Limit`,
 //! `RateLimit-Remaining` and `RateLimit-Reset`.
 //!
-//! A bucket that does not exist yet is created with a plain write (the ABI has no
-//! create-if-absent): VMs racing on the very first request of a client can each take one token
-//! from a fresh bucket, so the first window may allow up to (VMs - 1) extra requests.
+//! A bucket that does not exist yet is created with [`CREATE_ONLY`], so VMs racing on a client's
+//! first request cannot overwrite each other's buckets: every token taken is counted.
 
 pub mod bucket;
 pub mod client_key;
@@ -15,7 +14,7 @@ pub mod config;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use plugin_support::ConfiguredRoot;
+use plugin_support::{ConfiguredRoot, CREATE_ONLY};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, LogLevel, Status};
 
@@ -50,7 +49,8 @@ impl Limiter {
             if !verdict.allowed {
                 return Some(verdict);
             }
-            match self.set_shared_data(key, Some(&bucket::encode(verdict.tat_ns)), cas) {
+            let token = cas.or(CREATE_ONLY);
+            match self.set_shared_data(key, Some(&bucket::encode(verdict.tat_ns)), token) {
                 Ok(()) => return Some(verdict),
                 Err(Status::CasMismatch) => continue,
                 Err(status) => {

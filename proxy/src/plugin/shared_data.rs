@@ -2,10 +2,20 @@
 //! `proxy_set_shared_data`): values with compare-and-swap tokens, bounded in bytes (the oldest
 //! writes are evicted first), and optionally expiring by key prefix - what the ABI lacks, added
 //! without changing it.
+//!
+//! Creating a key is the one write plain CAS cannot guard: a plugin that read "absent" and writes
+//! with CAS 0 overwrites whatever another VM created meanwhile, with all the updates made since.
+//! [`CREATE_ONLY_CAS`] closes that gap within the ABI: no entry ever holds that token, so a write
+//! carrying it succeeds only where the key is absent (or expired), exactly as on Envoy, whose
+//! counter reaches it only after 2^32 writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+/// The CAS token no entry is ever given: a write that carries it creates the key or fails with
+/// [`SetError::CasMismatch`] (someone else created it first; read it and CAS from there).
+pub const CREATE_ONLY_CAS: u32 = u32::MAX;
 
 /// Bytes an entry costs beyond its key and value.
 const ENTRY_OVERHEAD: usize = 64;
@@ -83,7 +93,8 @@ impl SharedData {
     }
 
     /// Writes `value`; with a non-zero `cas`, only if the entry still has that token (an absent
-    /// or expired entry accepts any token, as Envoy does).
+    /// or expired entry accepts any token, as Envoy does; so [`CREATE_ONLY_CAS`], which no
+    /// entry holds, creates or fails).
     pub fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
         let weight = key.len() + value.len() + ENTRY_OVERHEAD;
         if weight > self.max_bytes {
@@ -100,7 +111,7 @@ impl SharedData {
             inner.remove(key);
         }
         inner.evict_for(weight, self.max_bytes, now);
-        inner.next_cas = inner.next_cas.wrapping_add(1).max(1);
+        inner.next_cas = inner.next_token();
         inner.next_write += 1;
         let entry = Entry {
             value: value.to_vec(),
@@ -122,6 +133,14 @@ impl SharedData {
 }
 
 impl Inner {
+    /// The next CAS token: never 0 (no CAS) nor [`CREATE_ONLY_CAS`].
+    fn next_token(&self) -> u32 {
+        match self.next_cas.wrapping_add(1) {
+            0 | CREATE_ONLY_CAS => 1,
+            token => token,
+        }
+    }
+
     fn remove(&mut self, key: &str) {
         if let Some(entry) = self.entries.remove(key) {
             self.bytes -= entry.weight(key);
@@ -172,6 +191,39 @@ mod tests {
     }
 
     #[test]
+    fn create_only_writes_only_where_the_key_is_absent_or_expired() {
+        let store = SharedData::new(1 << 20, vec![("tmp/".into(), Duration::from_millis(20))]);
+        store.set("k", b"first", CREATE_ONLY_CAS).unwrap();
+        assert_eq!(
+            store.set("k", b"second", CREATE_ONLY_CAS),
+            Err(SetError::CasMismatch)
+        );
+        assert_eq!(store.get("k").unwrap().0, b"first");
+        store.set("tmp/k", b"old", 0).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        store.set("tmp/k", b"new", CREATE_ONLY_CAS).unwrap();
+        assert_eq!(store.get("tmp/k").unwrap().0, b"new");
+    }
+
+    #[test]
+    fn tokens_wrap_past_zero_and_the_create_only_token() {
+        let store = SharedData::new(1 << 20, vec![]);
+        store.inner.lock().unwrap().next_cas = CREATE_ONLY_CAS - 2;
+        store.set("k", b"1", 0).unwrap();
+        assert_eq!(store.get("k").unwrap().1, CREATE_ONLY_CAS - 1);
+        store.set("k", b"1", 0).unwrap();
+        assert_eq!(
+            store.get("k").unwrap().1,
+            1,
+            "skips {CREATE_ONLY_CAS} and 0"
+        );
+        assert_eq!(
+            store.set("k", b"2", CREATE_ONLY_CAS),
+            Err(SetError::CasMismatch)
+        );
+    }
+
+    #[test]
     fn concurrent_increments_with_cas_retries_are_exact() {
         let store = std::sync::Arc::new(SharedData::new(1 << 20, vec![]));
         let threads: Vec<_> = (0..8)
@@ -180,12 +232,14 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..500 {
                         loop {
+                            // Creating with CAS 0 could overwrite another thread's creation
+                            // and the increments made on it since.
                             let (n, cas) = store
                                 .get("n")
                                 .map(|(v, c)| {
                                     (String::from_utf8(v).unwrap().parse::<u64>().unwrap(), c)
                                 })
-                                .unwrap_or((0, 0));
+                                .unwrap_or((0, CREATE_ONLY_CAS));
                             if store.set("n", (n + 1).to_string().as_bytes(), cas).is_ok() {
                                 break;
                             }
