@@ -423,8 +423,7 @@ impl ProxyHttp for EdgeProxy {
         // A plugin that may change the body's length removes Content-Length (Envoy's idiom) or
         // holds the headers: the body then goes out chunked, framed by what is actually sent.
         let removed = had_length && !response.headers.contains_key(http::header::CONTENT_LENGTH);
-        let has_body = session.req_header().method != http::Method::HEAD
-            && !matches!(response.status.as_u16(), 204 | 304);
+        let has_body = Chain::response_may_have_body(session.req_header(), response);
         if has_body && (removed || chain.response_headers_held) {
             response.remove_header(&http::header::CONTENT_LENGTH);
             response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;

@@ -96,6 +96,7 @@ impl RootContext for Root {
             config: self.config.clone(),
             requests_metric: self.requests_metric,
             probe: String::new(),
+            streamed: [Streamed::default(); 2],
         }))
     }
 }
@@ -105,6 +106,38 @@ struct Probe {
     requests_metric: u32,
     /// The request's `x-probe` value.
     probe: String,
+    /// What `stream-body` saw of the request body, then of the response body.
+    streamed: [Streamed; 2],
+}
+
+/// The body callbacks one direction got: bytes, calls, and calls that said end of stream.
+#[derive(Debug, Default, Clone, Copy)]
+struct Streamed {
+    bytes: usize,
+    calls: u32,
+    ends: u32,
+}
+
+impl Probe {
+    /// Counts one body callback of `direction` (0 request, 1 response) and records the tally
+    /// under `conformance/streamed-{request,response}` ("<bytes> bytes, <calls> calls, <ends>
+    /// ends"), shown by later responses.
+    fn stream(&mut self, direction: usize, size: usize, end_of_stream: bool) {
+        let seen = &mut self.streamed[direction];
+        // `size` is the whole body so far when buffering; this probe never buffers.
+        seen.bytes += size;
+        seen.calls += 1;
+        seen.ends += u32::from(end_of_stream);
+        let tally = format!(
+            "{} bytes, {} calls, {} ends",
+            seen.bytes, seen.calls, seen.ends
+        );
+        let key = [
+            "conformance/streamed-request",
+            "conformance/streamed-response",
+        ][direction];
+        let _ = self.set_shared_data(key, Some(tally.as_bytes()), None);
+    }
 }
 
 /// The rewritten form of a body: upper case, marked.
@@ -243,6 +276,9 @@ impl HttpContext for Probe {
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.probe == "stream-body" {
+            self.stream(0, size, end_of_stream);
+        }
         if self.probe != "rewrite-request" {
             return Action::Continue;
         }
@@ -255,6 +291,9 @@ impl HttpContext for Probe {
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.probe == "stream-body" {
+            self.stream(1, size, end_of_stream);
+        }
         if self.probe != "rewrite-response" && self.probe != "hold-response" {
             return Action::Continue;
         }
@@ -287,6 +326,8 @@ impl HttpContext for Probe {
             ("conformance/count", "x-count"),
             ("conformance/ticks", "x-ticks"),
             ("conformance/tick-callout", "x-tick-callout"),
+            ("conformance/streamed-request", "x-streamed-request"),
+            ("conformance/streamed-response", "x-streamed-response"),
         ] {
             if let (Some(value), _) = self.get_shared_data(key) {
                 self.set_http_response_header(header, Some(&String::from_utf8_lossy(&value)));

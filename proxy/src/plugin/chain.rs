@@ -56,6 +56,39 @@ enum Called {
     Paused(Action, Vec<CalloutRequest>),
 }
 
+/// How far one direction's body has been shown to the chain. The end of stream is the chunk
+/// that completes the announced `Content-Length` (as Envoy's HTTP/1 codec reports it), or the
+/// empty last read of a chunked body, which plugins that saw earlier chunks are then shown.
+#[derive(Debug, Default, Clone, Copy)]
+struct BodyProgress {
+    /// The body's length as announced when it arrives (before any plugin edits its framing).
+    announced: Option<u64>,
+    received: u64,
+    /// Plugins have seen a chunk that was not the end of stream.
+    open: bool,
+    /// Plugins have seen the end of stream: later reads pass by.
+    ended: bool,
+}
+
+impl BodyProgress {
+    fn announced_by(headers: &http::HeaderMap) -> Self {
+        let announced = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        Self {
+            announced,
+            ..Self::default()
+        }
+    }
+
+    /// Counts `chunk`; whether it ends the stream.
+    fn receive(&mut self, chunk: usize, end_of_stream: bool) -> bool {
+        self.received = self.received.saturating_add(chunk as u64);
+        end_of_stream || self.announced.is_some_and(|n| self.received >= n)
+    }
+}
+
 /// Which headers a callback sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -72,6 +105,8 @@ pub struct Chain {
     /// seen); the proxy then sends the response without a Content-Length (chunked), since the
     /// body may change length.
     pub response_headers_held: bool,
+    request_body: BodyProgress,
+    response_body: BodyProgress,
 }
 
 /// The 503 a failed `closed` plugin answers with.
@@ -164,6 +199,8 @@ impl Chain {
                 ..Exchange::default()
             }),
             response_headers_held: false,
+            request_body: BodyProgress::default(),
+            response_body: BodyProgress::default(),
         }
     }
 
@@ -174,8 +211,17 @@ impl Chain {
         request: &mut RequestHeader,
         callouts: &Callouts,
     ) -> Outcome {
-        self.run(plugins, Phase::RequestHeaders, request, None, callouts)
-            .await
+        self.request_body = BodyProgress::announced_by(&request.headers);
+        let end_of_stream = !Chain::has_body(request);
+        self.run(
+            plugins,
+            Phase::RequestHeaders,
+            end_of_stream,
+            request,
+            None,
+            callouts,
+        )
+        .await
     }
 
     /// Whether the request carries a body (so `on_request_headers` is not the end of stream).
@@ -191,6 +237,21 @@ impl Chain {
                 .contains_key(http::header::TRANSFER_ENCODING)
     }
 
+    /// Whether `response` to `request` can carry a body at all (not for HEAD, 1xx, 204, 304).
+    pub fn response_may_have_body(request: &RequestHeader, response: &ResponseHeader) -> bool {
+        request.method != http::Method::HEAD
+            && !matches!(response.status.as_u16(), 100..=199 | 204 | 304)
+    }
+
+    /// Whether a body follows `response`: it may have one, and not of length zero.
+    fn response_has_body(request: &RequestHeader, response: &ResponseHeader) -> bool {
+        let zero_length = response
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+        Chain::response_may_have_body(request, response) && !zero_length
+    }
+
     /// Runs `on_response_headers` down the chain (hits and misses alike).
     pub async fn response_headers(
         &mut self,
@@ -200,9 +261,12 @@ impl Chain {
         callouts: &Callouts,
     ) -> Outcome {
         self.exchange.response_code = Some(response.status.as_u16());
+        self.response_body = BodyProgress::announced_by(&response.headers);
+        let end_of_stream = !Chain::response_has_body(request, response);
         self.run(
             plugins,
             Phase::ResponseHeaders,
+            end_of_stream,
             request,
             Some(response),
             callouts,
@@ -214,15 +278,11 @@ impl Chain {
         &mut self,
         plugins: &[Arc<RunningPlugin>],
         phase: Phase,
+        end_of_stream: bool,
         request: &mut RequestHeader,
         mut response: Option<&mut ResponseHeader>,
         callouts: &Callouts,
     ) -> Outcome {
-        // Asked once for the whole chain, not once per plugin.
-        let end_of_stream = match phase {
-            Phase::RequestHeaders => !Chain::has_body(request),
-            Phase::ResponseHeaders => false,
-        };
         for index in 0..self.links.len() {
             if self.links[index].skipped {
                 continue;
@@ -307,7 +367,7 @@ impl Chain {
                 }
                 Phase::ResponseHeaders => {
                     let n = header_count(vm.state().response_headers.headers.len());
-                    vm.on_response_headers(context, n, false)
+                    vm.on_response_headers(context, n, end_of_stream)
                 }
             }
             .map(|action| (action, std::mem::take(&mut vm.state_mut().callouts)))
@@ -414,8 +474,8 @@ impl Chain {
     /// Passes the bytes down the chain as Envoy does: a plugin that pauses before the end of
     /// the stream buffers (it sees the whole body so far at each call, and the rest of the
     /// chain sees nothing until it continues); what a plugin writes with
-    /// `proxy_set_buffer_bytes` is what the next one sees. Callouts are not run from body
-    /// callbacks. `Err` is a `closed` plugin's failure: the request must be aborted.
+    /// `proxy_set_buffer_bytes` is what the next one sees. Each plugin is told the end of stream
+    /// once (see [`BodyProgress`]). Callouts are not run from body callbacks. `Err` is a `closed` plugin's failure: the request must be aborted.
     fn body(
         &mut self,
         plugins: &[Arc<RunningPlugin>],
@@ -425,14 +485,28 @@ impl Chain {
         end_of_stream: bool,
     ) -> Result<BodyStep, String> {
         let mut data = chunk.unwrap_or_default();
+        let progress = match kind {
+            BodyKind::Request => &mut self.request_body,
+            BodyKind::Response => &mut self.response_body,
+        };
+        if progress.ended {
+            return Ok(BodyStep::Forward(data));
+        }
+        let end_of_stream = progress.receive(data.len(), end_of_stream);
+        progress.ended = end_of_stream;
         let buffering = self.links.iter().any(|l| match kind {
             BodyKind::Request => l.request_buffer.is_some(),
             BodyKind::Response => l.response_buffer.is_some(),
         });
-        if data.is_empty() && !buffering {
-            // Nothing to show a plugin (a request without a body, an empty last read).
+        let progress = match kind {
+            BodyKind::Request => &mut self.request_body,
+            BodyKind::Response => &mut self.response_body,
+        };
+        if data.is_empty() && !buffering && !(end_of_stream && progress.open) {
+            // Nothing to show a plugin (no body, or an empty read that ends nothing it saw).
             return Ok(BodyStep::Forward(data));
         }
+        progress.open = !end_of_stream;
         for index in 0..self.links.len() {
             if self.links[index].skipped {
                 continue;

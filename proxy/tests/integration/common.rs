@@ -109,7 +109,7 @@ pub fn read_metric(text: &str, series: &str) -> f64 {
 
 /// A plain-HTTP upstream answering every request with its method, path, headers and body as JSON.
 /// Query parameters `h-<name>=<value>` become response headers, `status=<code>` sets the
-/// status; `hits` counts requests.
+/// status, `chunked=1` sends the body in two chunks (no Content-Length); `hits` counts requests.
 pub struct Echo {
     pub addr: SocketAddr,
     pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -157,10 +157,19 @@ pub async fn start_counting_echo() -> Echo {
                             "body": String::from_utf8_lossy(&body),
                             "hit": n,
                         });
-                        let mut response = http::Response::new(http_body_util::Full::new(
-                            bytes::Bytes::from(body.to_string()),
-                        ));
                         let query = req.uri.query().unwrap_or_default().to_string();
+                        let body = bytes::Bytes::from(body.to_string());
+                        // `chunked=1`: the body in two frames, so it goes out chunked.
+                        let mut response = if query.contains("chunked=1") {
+                            let half = body.len() / 2;
+                            let frames = [body.slice(..half), body.slice(half..)]
+                                .map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));
+                            http::Response::new(BodyExt::boxed(http_body_util::StreamBody::new(
+                                futures::stream::iter(frames),
+                            )))
+                        } else {
+                            http::Response::new(BodyExt::boxed(http_body_util::Full::new(body)))
+                        };
                         if let Some((_, code)) = form_urlencoded_pairs(&query)
                             .into_iter()
                             .find(|(k, _)| k == "status")

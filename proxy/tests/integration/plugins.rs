@@ -238,6 +238,71 @@ async fn bodies_are_rewritten_at_end_of_stream_with_honest_framing() {
     p.stop().await;
 }
 
+/// What the `stream-body` probe last recorded for `direction` (request or response), read from
+/// the next response: (bytes, calls, calls that said end of stream).
+async fn streamed(p: &Proxy, direction: &str) -> (usize, u32, u32) {
+    let response = p.get("/closed/read").await;
+    let tally = response.headers()[format!("x-streamed-{direction}").as_str()]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let numbers: Vec<u64> = tally
+        .split(", ")
+        .map(|part| part.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    (numbers[0] as usize, numbers[1] as u32, numbers[2] as u32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_bodies_end_exactly_once_whatever_their_framing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = start_counting_echo().await;
+    let p = start(echo.addr, 1);
+    // A plugin that watches bodies go by without pausing sees every byte, and the end of
+    // stream exactly once: on the chunk that completes a Content-Length, or on the empty last
+    // read of a chunked body.
+    for (path, chunked) in [("/closed/s", false), ("/closed/s?chunked=1", true)] {
+        let response = probe(&p, path, "stream-body").await;
+        assert_eq!(response.content_length().is_none(), chunked, "{path}");
+        let text = response.text().await.unwrap();
+        let (bytes, calls, ends) = streamed(&p, "response").await;
+        assert_eq!((bytes, ends), (text.len(), 1), "{path}: {calls} calls");
+        if !chunked {
+            assert_eq!(calls, 1, "{path}: one chunk, which is the end");
+        }
+    }
+    let sized = p
+        .http
+        .post(p.url("/closed/upload"))
+        .header("x-probe", "stream-body")
+        .body("hello world")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sized.status(), 200);
+    assert_eq!(streamed(&p, "request").await, (11, 1, 1));
+    let address = p.base.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    tcp.write_all(
+        b"POST /closed/upload HTTP/1.1\r\nHost: localhost\r\nx-probe: stream-body\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut reply = Vec::new();
+    tcp.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:.200}");
+    assert!(
+        reply.contains("hello world"),
+        "the upstream got the body: {reply:.400}"
+    );
+    let (bytes, _, ends) = streamed(&p, "request").await;
+    assert_eq!((bytes, ends), (11, 1));
+    p.stop().await;
+}
+
 async fn probe_request(p: &Proxy, path: &str, probe_name: &str) -> reqwest::Response {
     probe(p, path, probe_name).await
 }
