@@ -1,7 +1,9 @@
 //! The load harness: keep-alive HTTPS load at a fixed concurrency against one URL, with latency
 //! percentiles from an HDR histogram. Benchmarks in `src/bin/` run targets side by side in one
-//! process and one run, so ratios are measured under the same machine noise.
+//! process and one run, so ratios are measured under the same machine noise; each round also
+//! records where the process's CPU went, by thread.
 
+pub mod cpu;
 pub mod load;
 pub mod report;
 pub mod rig;

@@ -1,5 +1,6 @@
 //! Side-by-side reporting: one row per (target, round), then medians and ratios.
 
+use crate::cpu::Usage;
 use crate::load::LoadResult;
 
 /// Results of several rounds for one target.
@@ -7,6 +8,8 @@ use crate::load::LoadResult;
 pub struct Series {
     pub name: String,
     pub rounds: Vec<LoadResult>,
+    /// The process's CPU over each round's measured window (same order as `rounds`).
+    pub cpu: Vec<Usage>,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -27,6 +30,7 @@ impl Series {
         Self {
             name: name.to_string(),
             rounds: Vec::new(),
+            cpu: Vec::new(),
         }
     }
 
@@ -41,6 +45,69 @@ impl Series {
     pub fn errors(&self) -> u64 {
         self.rounds.iter().map(|r| r.errors).sum()
     }
+
+    /// Median over rounds of `pick(usage)` microseconds of CPU per request served.
+    fn median_cpu_us(&self, pick: impl Fn(&Usage) -> f64) -> f64 {
+        median(
+            self.rounds
+                .iter()
+                .zip(&self.cpu)
+                .map(|(r, u)| pick(u) * 1e6 / r.ok.max(1) as f64)
+                .collect(),
+        )
+    }
+}
+
+/// Thread names that used at least this much CPU per request for some target get a row.
+const CPU_ROW_MIN_US: f64 = 0.5;
+
+/// CPU per request by thread name, each target a column (medians over rounds), and the share
+/// of the machine's cores the process used. Empty without CPU figures.
+pub fn cpu_table(series: &[Series]) -> String {
+    if series.iter().all(|s| s.cpu.is_empty()) {
+        return String::new();
+    }
+    let mut names: Vec<&String> = series
+        .iter()
+        .flat_map(|s| s.cpu.iter().flat_map(|u| u.by_name.keys()))
+        .collect();
+    names.sort();
+    names.dedup();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut out =
+        String::from("\nCPU per request, microseconds (median over rounds), by thread:\n");
+    out.push_str(&format!("  {:<24}", "thread"));
+    for s in series {
+        out.push_str(&format!(" {:>24}", s.name));
+    }
+    out.push('\n');
+    let mut line = |label: &str, pick: &dyn Fn(&Usage) -> f64| {
+        let values: Vec<f64> = series.iter().map(|s| s.median_cpu_us(pick)).collect();
+        if values.iter().any(|v| *v >= CPU_ROW_MIN_US) {
+            out.push_str(&format!("  {label:<24}"));
+            for v in values {
+                out.push_str(&format!(" {v:>24.2}"));
+            }
+            out.push('\n');
+        }
+    };
+    for name in names {
+        line(name, &|u: &Usage| {
+            u.by_name.get(name).copied().unwrap_or(0.0)
+        });
+    }
+    line("all threads", &|u: &Usage| u.total());
+    out.push_str(&format!("  {:<24}", "process CPU, % of cores"));
+    for s in series {
+        let shares: Vec<f64> = s
+            .cpu
+            .iter()
+            .map(|u| 100.0 * u.total() / (u.wall * cores))
+            .collect();
+        out.push_str(&format!(" {:>24.1}", median(shares)));
+    }
+    out.push('\n');
+    out
 }
 
 pub fn row(name: &str, round: usize, r: &LoadResult) -> String {
@@ -104,6 +171,7 @@ pub fn summary(series: &[Series], baseline: &Series) -> String {
             median(p95),
         ));
     }
+    out.push_str(&cpu_table(series));
     out
 }
 

@@ -14,6 +14,7 @@ use origin_service::RunningOrigin;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 
+use crate::cpu;
 use crate::load::{self, LoadSpec};
 use crate::report::{self, Series};
 
@@ -150,10 +151,19 @@ pub async fn alternate(
     for round in 1..=rounds {
         for offset in 0..targets.len() {
             let index = (round - 1 + offset) % targets.len();
-            let result = load::run(targets[index].1.clone()).await?;
+            let spec = targets[index].1.clone();
+            // CPU over the measured window: from the end of the warm-up to the end of the run.
+            let warmup = spec.warmup;
+            let before = tokio::spawn(async move {
+                tokio::time::sleep(warmup).await;
+                cpu::snapshot()
+            });
+            let result = load::run(spec).await?;
+            let usage = cpu::Usage::between(&before.await?, &cpu::snapshot());
             let s = &mut series[index];
             println!("{}", report::row(&s.name, round, &result));
             s.rounds.push(result);
+            s.cpu.push(usage);
         }
     }
     Ok(series)

@@ -71,11 +71,7 @@ struct BodyProgress {
 }
 
 impl BodyProgress {
-    fn announced_by(headers: &http::HeaderMap) -> Self {
-        let announced = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+    fn new(announced: Option<u64>) -> Self {
         Self {
             announced,
             ..Self::default()
@@ -87,6 +83,12 @@ impl BodyProgress {
         self.received = self.received.saturating_add(chunk as u64);
         end_of_stream || self.announced.is_some_and(|n| self.received >= n)
     }
+}
+
+/// The `Content-Length` in `headers`, when there is a valid one.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let value = headers.get(http::header::CONTENT_LENGTH)?;
+    std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()
 }
 
 /// Which headers a callback sees.
@@ -211,8 +213,9 @@ impl Chain {
         request: &mut RequestHeader,
         callouts: &Callouts,
     ) -> Outcome {
-        self.request_body = BodyProgress::announced_by(&request.headers);
-        let end_of_stream = !Chain::has_body(request);
+        let announced = content_length(&request.headers);
+        self.request_body = BodyProgress::new(announced);
+        let end_of_stream = !Chain::body_follows(request, announced);
         self.run(
             plugins,
             Phase::RequestHeaders,
@@ -226,12 +229,11 @@ impl Chain {
 
     /// Whether the request carries a body (so `on_request_headers` is not the end of stream).
     pub fn has_body(request: &RequestHeader) -> bool {
-        let length = request
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        length.is_some_and(|n| n > 0)
+        Chain::body_follows(request, content_length(&request.headers))
+    }
+
+    fn body_follows(request: &RequestHeader, announced: Option<u64>) -> bool {
+        announced.is_some_and(|n| n > 0)
             || request
                 .headers
                 .contains_key(http::header::TRANSFER_ENCODING)
@@ -243,15 +245,6 @@ impl Chain {
             && !matches!(response.status.as_u16(), 100..=199 | 204 | 304)
     }
 
-    /// Whether a body follows `response`: it may have one, and not of length zero.
-    fn response_has_body(request: &RequestHeader, response: &ResponseHeader) -> bool {
-        let zero_length = response
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() == b"0");
-        Chain::response_may_have_body(request, response) && !zero_length
-    }
-
     /// Runs `on_response_headers` down the chain (hits and misses alike).
     pub async fn response_headers(
         &mut self,
@@ -261,8 +254,10 @@ impl Chain {
         callouts: &Callouts,
     ) -> Outcome {
         self.exchange.response_code = Some(response.status.as_u16());
-        self.response_body = BodyProgress::announced_by(&response.headers);
-        let end_of_stream = !Chain::response_has_body(request, response);
+        let announced = content_length(&response.headers);
+        self.response_body = BodyProgress::new(announced);
+        let end_of_stream =
+            !Chain::response_may_have_body(request, response) || announced == Some(0);
         self.run(
             plugins,
             Phase::ResponseHeaders,
