@@ -66,7 +66,7 @@ struct BodyProgress {
     received: u64,
     /// Plugins have seen a chunk that was not the end of stream.
     open: bool,
-    /// Plugins have seen the end of stream: later reads pass by.
+    /// The stream has ended (shown to the plugins, or nothing to show): later reads pass by.
     ended: bool,
 }
 
@@ -78,10 +78,11 @@ impl BodyProgress {
         }
     }
 
-    /// Counts `chunk`; whether it ends the stream.
+    /// Counts `chunk`; whether it ends the stream (then later reads pass by).
     fn receive(&mut self, chunk: usize, end_of_stream: bool) -> bool {
         self.received = self.received.saturating_add(chunk as u64);
-        end_of_stream || self.announced.is_some_and(|n| self.received >= n)
+        self.ended = end_of_stream || self.announced.is_some_and(|n| self.received >= n);
+        self.ended
     }
 }
 
@@ -470,7 +471,8 @@ impl Chain {
     /// the stream buffers (it sees the whole body so far at each call, and the rest of the
     /// chain sees nothing until it continues); what a plugin writes with
     /// `proxy_set_buffer_bytes` is what the next one sees. Each plugin is told the end of stream
-    /// once (see [`BodyProgress`]). Callouts are not run from body callbacks. `Err` is a `closed` plugin's failure: the request must be aborted.
+    /// once (see [`BodyProgress`]). Callouts are not run from body callbacks. `Err` is a
+    /// `closed` plugin's failure: the request must be aborted.
     fn body(
         &mut self,
         plugins: &[Arc<RunningPlugin>],
@@ -480,15 +482,6 @@ impl Chain {
         end_of_stream: bool,
     ) -> Result<BodyStep, String> {
         let mut data = chunk.unwrap_or_default();
-        let progress = match kind {
-            BodyKind::Request => &mut self.request_body,
-            BodyKind::Response => &mut self.response_body,
-        };
-        if progress.ended {
-            return Ok(BodyStep::Forward(data));
-        }
-        let end_of_stream = progress.receive(data.len(), end_of_stream);
-        progress.ended = end_of_stream;
         let buffering = self.links.iter().any(|l| match kind {
             BodyKind::Request => l.request_buffer.is_some(),
             BodyKind::Response => l.response_buffer.is_some(),
@@ -497,6 +490,10 @@ impl Chain {
             BodyKind::Request => &mut self.request_body,
             BodyKind::Response => &mut self.response_body,
         };
+        if progress.ended {
+            return Ok(BodyStep::Forward(data));
+        }
+        let end_of_stream = progress.receive(data.len(), end_of_stream);
         if data.is_empty() && !buffering && !(end_of_stream && progress.open) {
             // Nothing to show a plugin (no body, or an empty read that ends nothing it saw).
             return Ok(BodyStep::Forward(data));

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 /// The CAS token no entry is ever given: a write that carries it creates the key or fails with
 /// [`SetError::CasMismatch`] (someone else created it first; read it and CAS from there).
+/// Plugins spell it `plugin_support::CREATE_ONLY` (the guest workspace cannot link this crate).
 pub const CREATE_ONLY_CAS: u32 = u32::MAX;
 
 /// Bytes an entry costs beyond its key and value.
