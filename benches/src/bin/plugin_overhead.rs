@@ -1,10 +1,14 @@
-//! What proxy-wasm plugins cost end to end: cache-hit throughput for `category=polo` through
-//! four proxies in one process - no plugin, one no-op plugin, three no-op plugins, and the
-//! production chain (auth by API key -> rate-limit -> metrics-export, with a limit high enough
-//! never to refuse) - alternating rounds in one run, each proxy with the same 2 worker threads
-//! and cache. Every request carries the API key, whatever the proxy.
+//! What proxy-wasm plugins cost end to end: throughput through four proxies in one process - no
+//! plugin, one no-op plugin, three no-op plugins, and the production chain (auth by API key ->
+//! rate-limit -> metrics-export, with a limit high enough never to refuse) - alternating rounds
+//! in one run, each proxy with the same 2 worker threads. Every request carries the API key,
+//! whatever the proxy. Two workloads:
+//!   - cache hits (default): `category=polo` served from the edge cache, the least work a proxy
+//!     does for a request, so what plugins add weighs the most;
+//!   - `--fetch`: every request goes to the origin (the route has no cache) over the pooled,
+//!     resumed TLS connections, for a product detail the origin answers from its item cache.
 //!
-//! `cargo run --release -p edge-benches --bin plugin-overhead` (after `make plugins`).
+//! `cargo run --release -p edge-benches --bin plugin-overhead [-- --fetch]` (after `make plugins`).
 
 use std::path::Path;
 
@@ -21,8 +25,13 @@ struct Args {
     products: u32,
     #[command(flatten)]
     load: rig::LoadArgs,
-    #[arg(long, default_value = "/api/v1/products?category=polo&limit=50")]
-    path: String,
+    /// The request; by default `/api/v1/products?category=polo&limit=50` (cache hits), or
+    /// `/api/v1/products/42` with `--fetch`.
+    #[arg(long)]
+    path: Option<String>,
+    /// Every request is fetched from the origin: the catalog route has no edge cache.
+    #[arg(long)]
+    fetch: bool,
     /// The plugin module every plugin slot runs.
     #[arg(long, default_value = "plugins/target/wasm32-wasip1/release/noop.wasm")]
     module: std::path::PathBuf,
@@ -71,8 +80,14 @@ fn proxy(
     ca: &Path,
     plugins: &str,
     chain: &[&str],
+    fetch: bool,
 ) -> anyhow::Result<RunningProxy> {
     std::fs::create_dir_all(dir)?;
+    let cache = if fetch {
+        ""
+    } else {
+        ", cache: { key_query_params: [category, cursor, limit], tag_query_param: category }"
+    };
     rig::start_proxy(
         dir,
         &format!(
@@ -80,7 +95,7 @@ fn proxy(
             ca.display()
         ),
         &format!(
-            "  - {{ name: catalog, path_prefix: /api/, upstream: catalog, plugins: [{}], cache: {{ key_query_params: [category, cursor, limit], tag_query_param: category }} }}",
+            "  - {{ name: catalog, path_prefix: /api/, upstream: catalog, plugins: [{}]{cache} }}",
             chain.join(", ")
         ),
         &format!(
@@ -130,13 +145,22 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         rig::start_cacheable_origin(dir.path(), args.products).await?;
     let addr = origin.local_addr();
     let modules = module.parent().context("the module's folder")?;
-    let none = proxy(&dir.path().join("none"), addr, &ca, "", &[])?;
+    let fetch = args.fetch;
+    let path = args.path.clone().unwrap_or_else(|| {
+        if fetch {
+            "/api/v1/products/42".into()
+        } else {
+            "/api/v1/products?category=polo&limit=50".into()
+        }
+    });
+    let none = proxy(&dir.path().join("none"), addr, &ca, "", &[], fetch)?;
     let one = proxy(
         &dir.path().join("one"),
         addr,
         &ca,
         &noops(&module, &["noop"], None)?,
         &["noop"],
+        fetch,
     )?;
     let abc = ["noop-a", "noop-b", "noop-c"];
     let three = proxy(
@@ -145,6 +169,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         &ca,
         &noops(&module, &abc, args.distinct_modules.then(|| dir.path()))?,
         &abc,
+        fetch,
     )?;
     let shop = proxy(
         &dir.path().join("shop"),
@@ -156,11 +181,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
+        fetch,
     )?;
     let specs: Vec<load::LoadSpec> = [&none, &one, &three, &shop]
         .iter()
         .map(|p| {
-            let mut spec = args.load.spec(p.listen, &args.path, None)?;
+            let mut spec = args.load.spec(p.listen, &path, None)?;
             spec.headers = vec![("x-api-key".into(), API_KEY.into())];
             Ok(spec)
         })
@@ -173,8 +199,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         );
     }
     println!(
-        "cache hits of `{}` ({} bytes) through the plugin chain, {}\n",
-        args.path,
+        "{} `{path}` ({} bytes) through the plugin chain, {}\n",
+        if fetch {
+            "origin fetches (no edge cache) of"
+        } else {
+            "cache hits of"
+        },
         reference.len(),
         args.load.describe()
     );
