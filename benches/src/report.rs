@@ -25,6 +25,22 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// A distribution-free 95% confidence interval for the median of `values` (the order statistics
+/// at ranks n/2 -+ 1.96 sqrt(n)/2, normal approximation of the binomial); `None` below 6 values,
+/// where no pair of ranks covers 95%.
+fn median_interval(mut values: Vec<f64>) -> Option<(f64, f64)> {
+    let n = values.len();
+    if n < 6 {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let half_width = 1.96 * (n as f64).sqrt() / 2.0;
+    // 1-based ranks j and k, so the 0-based indexes are j - 1 and k - 1.
+    let j = ((n as f64 / 2.0 - half_width).floor() as usize).max(1);
+    let k = ((n as f64 / 2.0 + 1.0 + half_width).ceil() as usize).min(n);
+    Some((values[j - 1], values[k - 1]))
+}
+
 impl Series {
     pub fn new(name: &str) -> Self {
         Self {
@@ -163,8 +179,11 @@ pub fn summary(series: &[Series], baseline: &Series) -> String {
             s.median_percentile_ms(0.95) / baseline.median_percentile_ms(0.95)
         ));
         let (throughput, p95) = paired_ratios(s, baseline);
+        let interval = median_interval(throughput.clone()).map_or(String::new(), |(lo, hi)| {
+            format!("95% CI of the median x{lo:.3}..x{hi:.3}, ")
+        });
         out.push_str(&format!(
-            "      paired by round: throughput x{:.3} (rounds x{:.3}..x{:.3}), p95 x{:.3}\n",
+            "      paired by round: throughput x{:.3} ({interval}rounds x{:.3}..x{:.3}), p95 x{:.3}\n",
             median(throughput.clone()),
             throughput.iter().copied().fold(f64::INFINITY, f64::min),
             throughput.iter().copied().fold(f64::NEG_INFINITY, f64::max),
@@ -189,4 +208,20 @@ fn paired_ratios(s: &Series, baseline: &Series) -> (Vec<f64>, Vec<f64>) {
             )
         })
         .unzip()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_interval_brackets_the_median_by_rank() {
+        assert_eq!(median_interval(vec![1.0, 2.0, 3.0, 4.0, 5.0]), None);
+        // n = 30: ranks 9 and 22 (1-based) of 1..=30, given in reverse.
+        let values: Vec<f64> = (1..=30).rev().map(f64::from).collect();
+        assert_eq!(median_interval(values), Some((9.0, 22.0)));
+        // n = 6: the extremes, ranks 1 and 6.
+        let six = vec![6.0, 1.0, 5.0, 2.0, 4.0, 3.0];
+        assert_eq!(median_interval(six), Some((1.0, 6.0)));
+    }
 }
