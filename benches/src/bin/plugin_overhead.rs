@@ -59,6 +59,47 @@ fn main() -> anyhow::Result<()> {
 
 const API_KEY: &str = "bench-key-0123456789abcdef";
 
+/// What every request of a run is: a cache hit, or a fetch from the origin.
+#[derive(Debug, Clone, Copy)]
+enum Workload {
+    CacheHits,
+    Fetches,
+}
+
+impl Workload {
+    fn of(args: &Args) -> Self {
+        if args.fetch {
+            Self::Fetches
+        } else {
+            Self::CacheHits
+        }
+    }
+
+    fn default_path(self) -> &'static str {
+        match self {
+            Self::CacheHits => "/api/v1/products?category=polo&limit=50",
+            Self::Fetches => "/api/v1/products/42",
+        }
+    }
+
+    /// The catalog route's `cache:` entry (YAML flow mapping continued), none for fetches.
+    fn route_cache(self) -> &'static str {
+        match self {
+            Self::CacheHits => {
+                ", cache: { key_query_params: [category, cursor, limit], tag_query_param: category }"
+            }
+            Self::Fetches => "",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::CacheHits => "cache hits of",
+            Self::Fetches => "origin fetches (no edge cache) of",
+        }
+    }
+}
+
 /// The production chain's plugin entries (modules next to `noop`).
 fn production_plugins(dir: &Path) -> String {
     let module = |name: &str| dir.join(format!("{name}.wasm")).display().to_string();
@@ -80,14 +121,10 @@ fn proxy(
     ca: &Path,
     plugins: &str,
     chain: &[&str],
-    fetch: bool,
+    workload: Workload,
 ) -> anyhow::Result<RunningProxy> {
     std::fs::create_dir_all(dir)?;
-    let cache = if fetch {
-        ""
-    } else {
-        ", cache: { key_query_params: [category, cursor, limit], tag_query_param: category }"
-    };
+    let cache = workload.route_cache();
     rig::start_proxy(
         dir,
         &format!(
@@ -145,22 +182,19 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         rig::start_cacheable_origin(dir.path(), args.products).await?;
     let addr = origin.local_addr();
     let modules = module.parent().context("the module's folder")?;
-    let fetch = args.fetch;
-    let path = args.path.clone().unwrap_or_else(|| {
-        if fetch {
-            "/api/v1/products/42".into()
-        } else {
-            "/api/v1/products?category=polo&limit=50".into()
-        }
-    });
-    let none = proxy(&dir.path().join("none"), addr, &ca, "", &[], fetch)?;
+    let workload = Workload::of(&args);
+    let path = args
+        .path
+        .clone()
+        .unwrap_or_else(|| workload.default_path().into());
+    let none = proxy(&dir.path().join("none"), addr, &ca, "", &[], workload)?;
     let one = proxy(
         &dir.path().join("one"),
         addr,
         &ca,
         &noops(&module, &["noop"], None)?,
         &["noop"],
-        fetch,
+        workload,
     )?;
     let abc = ["noop-a", "noop-b", "noop-c"];
     let three = proxy(
@@ -169,7 +203,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         &ca,
         &noops(&module, &abc, args.distinct_modules.then(|| dir.path()))?,
         &abc,
-        fetch,
+        workload,
     )?;
     let shop = proxy(
         &dir.path().join("shop"),
@@ -181,7 +215,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
-        fetch,
+        workload,
     )?;
     let specs: Vec<load::LoadSpec> = [&none, &one, &three, &shop]
         .iter()
@@ -200,11 +234,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     println!(
         "{} `{path}` ({} bytes) through the plugin chain, {}\n",
-        if fetch {
-            "origin fetches (no edge cache) of"
-        } else {
-            "cache hits of"
-        },
+        workload.describe(),
         reference.len(),
         args.load.describe()
     );
