@@ -1,6 +1,7 @@
 //! The admin listener (loopback only): `/metrics` (Prometheus), `/healthz` (alive), `/readyz`
-//! (ready for traffic; 503 once shutdown has begun), and `POST /cache/purge?url=...` or
-//! `?category=...` behind a bearer token (compared in constant time).
+//! (ready for traffic; 503 once shutdown has begun), `POST /cache/purge?url=...` or
+//! `?category=...` behind `cache.purge_token`, and `POST /config/reload` behind `admin.token`
+//! (bearer tokens, compared in constant time).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,13 +14,15 @@ use subtle::ConstantTimeEq;
 
 use crate::cache::key::cache_key;
 use crate::cache::storage::MokaStorage;
-use crate::config::RuntimeConfig;
+use crate::generation::Current;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 
 const JSON: &str = "application/json";
 
 pub struct AdminApp {
-    config: Arc<RuntimeConfig>,
+    current: Current,
+    reloader: Arc<Reloader>,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
     cache: &'static MokaStorage,
@@ -33,13 +36,15 @@ impl std::fmt::Debug for AdminApp {
 
 impl AdminApp {
     pub fn new(
-        config: Arc<RuntimeConfig>,
+        current: Current,
+        reloader: Arc<Reloader>,
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
         cache: &'static MokaStorage,
     ) -> Self {
         Self {
-            config,
+            current,
+            reloader,
             metrics,
             draining,
             cache,
@@ -55,17 +60,35 @@ impl AdminApp {
         let evictions = self.cache.counters().evictions.load(Ordering::Relaxed);
         m.cache_evictions
             .set(i64::try_from(evictions).unwrap_or(i64::MAX));
+        let generation = self.current.load();
+        let shared = &generation.plugins.host.shared_data;
+        let (entries, bytes) = shared.usage();
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        m.shared_data_entries.set(gauge(entries));
+        m.shared_data_bytes.set(gauge(bytes));
+        let counters = shared.counters();
+        for (kind, counter) in [
+            ("expired", &counters.expired),
+            ("evicted", &counters.evicted),
+            ("refused", &counters.refused),
+        ] {
+            let n = counter.load(Ordering::Relaxed);
+            m.shared_data_losses
+                .with_label_values(&[kind])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         m.render()
     }
 
-    /// `Authorization: Bearer <cache.purge_token>`, compared in constant time.
-    fn authorized(&self, session: &ServerSession) -> Result<(), Box<Response<Vec<u8>>>> {
-        let Some(token) = &self.config.purge_token else {
-            return Err(Box::new(error(
-                StatusCode::FORBIDDEN,
-                "purge_disabled",
-                "set cache.purge_token to enable purging",
-            )));
+    /// `Authorization: Bearer <token>`, compared in constant time; `None` (no token configured)
+    /// answers 403 with `disabled` as the message.
+    fn authorized(
+        session: &ServerSession,
+        token: Option<&str>,
+        disabled: &str,
+    ) -> Result<(), Box<Response<Vec<u8>>>> {
+        let Some(token) = token else {
+            return Err(Box::new(error(StatusCode::FORBIDDEN, "disabled", disabled)));
         };
         let presented = session
             .req_header()
@@ -98,7 +121,12 @@ impl AdminApp {
                 "use POST",
             );
         }
-        if let Err(denied) = self.authorized(session) {
+        let generation = self.current.load();
+        if let Err(denied) = Self::authorized(
+            session,
+            generation.config.purge_token.as_deref(),
+            "set cache.purge_token to enable purging",
+        ) {
             return *denied;
         }
         let query = session.req_header().uri.query().unwrap_or_default();
@@ -146,13 +174,14 @@ impl AdminApp {
                 "`url` is not a URL",
             ))
         })?;
-        let listen = self.config.listen.to_string();
+        let generation = self.current.load();
+        let listen = generation.config.listen.to_string();
         let host = uri
             .authority()
             .map(|a| a.as_str())
             .or(host)
             .unwrap_or(&listen);
-        let route = self.config.router.route(uri.path()).ok_or_else(|| {
+        let route = generation.config.router.route(uri.path()).ok_or_else(|| {
             error(
                 StatusCode::NOT_FOUND,
                 "no_route",
@@ -169,6 +198,45 @@ impl AdminApp {
         let key = cache_key(&route.name, host, uri.path(), uri.query(), policy);
         // The primary slot; other Vary variants are invalidated through it.
         Ok(usize::from(self.cache.purge_key(&key.to_compact())))
+    }
+}
+
+impl AdminApp {
+    /// Re-reads the config file: 200 with the new generation (and what needs a restart), or 422
+    /// with every problem (the running configuration stays).
+    async fn reload(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().method != Method::POST {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST",
+            );
+        }
+        let token = self.current.load().config.admin_token.clone();
+        if let Err(denied) = Self::authorized(
+            session,
+            token.as_deref(),
+            "set admin.token to enable reloads over HTTP (SIGHUP always reloads)",
+        ) {
+            return *denied;
+        }
+        let reloader = self.reloader.clone();
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload()).await;
+        let (status, body) = match outcome {
+            Ok(Ok(done)) => (
+                StatusCode::OK,
+                serde_json::json!({"generation": done.generation, "restart_required": done.restart_required}),
+            ),
+            Ok(Err(e)) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"error": {"status": 422, "code": "reload_refused", "message": "the running configuration stays", "problems": e.problems()}}),
+            ),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": {"status": 500, "code": "reload_failed", "message": e.to_string()}}),
+            ),
+        };
+        reply(status, JSON, body.to_string().into_bytes())
     }
 }
 
@@ -212,10 +280,11 @@ impl ServeHttp for AdminApp {
             ),
             "/readyz" => reply(StatusCode::OK, JSON, br#"{"status":"ready"}"#.to_vec()),
             "/cache/purge" => self.purge(session),
+            "/config/reload" => self.reload(session).await,
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "admin endpoints: /metrics /healthz /readyz, POST /cache/purge",
+                "admin endpoints: /metrics /healthz /readyz, POST /cache/purge, POST /config/reload",
             ),
         }
     }

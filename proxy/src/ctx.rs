@@ -3,11 +3,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::generation::Generation;
 use crate::plugin::chain::Chain;
 use crate::routing::Route;
 
 #[derive(Debug)]
 pub struct RequestCtx {
+    /// The configuration generation the request started on, kept to its end.
+    pub generation: Arc<Generation>,
     pub request_id: String,
     pub started: Instant,
     pub route: Option<Arc<Route>>,
@@ -22,8 +25,9 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new() -> Self {
+    pub fn new(generation: Arc<Generation>) -> Self {
         Self {
+            generation,
             request_id: String::new(),
             started: Instant::now(),
             route: None,
@@ -36,11 +40,5 @@ impl RequestCtx {
 
     pub fn route_label(&self) -> &str {
         self.route.as_ref().map_or("none", |r| r.name.as_str())
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
     }
 }

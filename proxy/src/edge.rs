@@ -1,6 +1,7 @@
 //! `EdgeProxy`: Pingora's `ProxyHttp`, one short method per phase, each delegating to the module
 //! that owns the concern (routing, upstream, hygiene, errors, metrics).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,58 +20,45 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::cache::storage::MokaStorage;
 use crate::cache::{cacheability, key};
-use crate::plugin::callout::Callouts;
 use crate::plugin::chain::{BodyStep, Chain, Outcome};
 use crate::plugin::state::LocalResponse;
-use crate::plugin::ticker::Ticker;
-use crate::plugin::PluginHost;
 use crate::routing::CachePolicy;
 
-use crate::config::RuntimeConfig;
 use crate::ctx::RequestCtx;
 use crate::errors;
+use crate::generation::Current;
 use crate::hygiene;
 use crate::metrics::Metrics;
+use crate::normalize;
 
 pub struct EdgeProxy {
-    config: Arc<RuntimeConfig>,
+    /// The configuration generation new requests get (a reload swaps it).
+    current: Current,
     metrics: Arc<Metrics>,
     cache: &'static MokaStorage,
     cache_lock: &'static CacheKeyLockImpl,
-    plugins: Plugins,
-}
-
-/// The plugin host and the callout runner the chains use.
-#[derive(Debug, Clone)]
-pub struct Plugins {
-    pub host: Arc<PluginHost>,
-    pub callouts: Arc<Callouts>,
-    /// Delivers `on_tick`; stops when the proxy is dropped.
-    pub ticker: Arc<Ticker>,
 }
 
 impl std::fmt::Debug for EdgeProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EdgeProxy")
-            .field("config", &self.config)
+            .field("generation", &self.current.load().number)
             .finish_non_exhaustive()
     }
 }
 
 impl EdgeProxy {
     pub fn new(
-        config: Arc<RuntimeConfig>,
+        current: Current,
         metrics: Arc<Metrics>,
         cache: &'static MokaStorage,
         cache_lock: &'static CacheKeyLockImpl,
-        plugins: Plugins,
     ) -> Self {
         Self {
-            config,
+            current,
             metrics,
             cache,
             cache_lock,
-            plugins,
         }
     }
 }
@@ -137,8 +125,9 @@ async fn respond_json(session: &mut Session, status: u16, code: &str, message: &
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
 
+    /// The request keeps the generation current now until it ends.
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.current.load_full())
     }
 
     /// Request id and route, before anything else looks at the request.
@@ -148,14 +137,32 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.metrics.in_flight.inc();
+        // One spelling of the target for routing, plugins, the cache key and the origin.
+        let uri = &session.req_header().uri;
+        let target = uri.path_and_query().map(|p| p.as_str());
+        if let Some(Cow::Owned(normal)) = target.map(normalize::request_target) {
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = normal.parse().ok();
+            match http::Uri::from_parts(parts) {
+                Ok(uri) => session.req_header_mut().set_uri(uri),
+                Err(_) => {
+                    return Error::e_explain(ErrorType::HTTPStatus(400), "bad request target")
+                }
+            }
+        }
         let header = session.req_header();
         ctx.request_id =
             hygiene::request_id(header.headers.get("x-request-id").map(|v| v.as_bytes()));
-        ctx.route = self.config.router.route(header.uri.path()).cloned();
+        ctx.route = ctx
+            .generation
+            .config
+            .router
+            .route(header.uri.path())
+            .cloned();
         if let Some(route) = ctx.route.as_ref().filter(|r| !r.plugins.is_empty()) {
             let client = session.client_addr().and_then(|a| a.as_inet()).copied();
             ctx.chain = Some(Chain::new(
-                &self.plugins.host.plugins,
+                &ctx.generation.plugins.host.plugins,
                 &route.plugins,
                 ctx.request_id.clone(),
                 client,
@@ -170,10 +177,10 @@ impl ProxyHttp for EdgeProxy {
             let Some(chain) = ctx.chain.as_mut() else {
                 return Ok(false);
             };
-            let callouts = &self.plugins.callouts;
+            let callouts = &ctx.generation.plugins.callouts;
             return match chain
                 .request_headers(
-                    &self.plugins.host.plugins,
+                    &ctx.generation.plugins.host.plugins,
                     session.req_header_mut(),
                     callouts,
                 )
@@ -405,11 +412,11 @@ impl ProxyHttp for EdgeProxy {
         let Some(chain) = ctx.chain.as_mut() else {
             return Ok(());
         };
-        let callouts = &self.plugins.callouts;
+        let callouts = &ctx.generation.plugins.callouts;
         let had_length = response.headers.contains_key(http::header::CONTENT_LENGTH);
         if let Outcome::Respond(local) = chain
             .response_headers(
-                &self.plugins.host.plugins,
+                &ctx.generation.plugins.host.plugins,
                 session.req_header_mut(),
                 response,
                 callouts,
@@ -444,7 +451,7 @@ impl ProxyHttp for EdgeProxy {
         };
         // Pingora reads `None` as the end of the upstream body: hold back with an empty chunk.
         match chain.request_body(
-            &self.plugins.host.plugins,
+            &ctx.generation.plugins.host.plugins,
             session.req_header_mut(),
             body.take(),
             end_of_stream,
@@ -479,7 +486,7 @@ impl ProxyHttp for EdgeProxy {
         };
         // Here an empty chunk would end a chunked body: hold back with `None`.
         match chain.response_body(
-            &self.plugins.host.plugins,
+            &ctx.generation.plugins.host.plugins,
             session.req_header_mut(),
             body.take(),
             end_of_stream,
@@ -543,7 +550,11 @@ impl ProxyHttp for EdgeProxy {
         self.metrics.in_flight.dec();
         if let Some(chain) = ctx.chain.as_mut() {
             let code = session.response_written().map(|r| r.status.as_u16());
-            chain.finish(&self.plugins.host.plugins, session.req_header_mut(), code);
+            chain.finish(
+                &ctx.generation.plugins.host.plugins,
+                session.req_header_mut(),
+                code,
+            );
         }
         let status_code = session.response_written().map(|r| r.status);
         let status = status_code.map_or(0, |s| s.as_u16());

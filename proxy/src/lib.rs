@@ -10,13 +10,18 @@ pub mod config;
 pub mod ctx;
 pub mod edge;
 pub mod errors;
+pub mod generation;
 pub mod hygiene;
 pub mod metrics;
+pub mod normalize;
 pub mod plugin;
+pub mod reload;
 pub mod routing;
+pub mod upgrade;
 pub mod upstream;
 
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -36,48 +41,59 @@ use metrics::Metrics;
 /// A cache lock older than this is considered abandoned (its writer died): waiters take over.
 const CACHE_LOCK_AGE: Duration = Duration::from_secs(10);
 
+/// How a server is built.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Take the listening sockets over from a running instance (graceful upgrade).
+    pub upgrade: bool,
+    /// The config file the configuration came from: what a reload re-reads (`None`: reloads
+    /// are refused).
+    pub source: Option<PathBuf>,
+}
+
+/// A built server and the handle that reloads its configuration.
+#[allow(missing_debug_implementations)] // Pingora's `Server` has no Debug
+pub struct Built {
+    pub server: Server,
+    pub reloader: Arc<reload::Reloader>,
+}
+
 /// Builds the Pingora server: the proxy service on `listen`, the admin app on `admin_listen`.
-/// `upgrade` takes the listening sockets over from a running instance (graceful upgrade).
 pub fn build_server(
     config: Arc<RuntimeConfig>,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
-    upgrade: bool,
-) -> Result<Server, plugin::PluginError> {
+    options: BuildOptions,
+) -> Result<Built, plugin::PluginError> {
     let opt = Opt {
-        upgrade,
+        upgrade: options.upgrade,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), config.server_conf());
+
+    // Everything that can fail (modules, `on_configure`, the tick thread) is loaded BEFORE
+    // `bootstrap`, which takes the listening sockets (from the old process on an upgrade): a new
+    // process that cannot start must leave the old one serving.
+    let first = generation::Generation::build(
+        1,
+        config.clone(),
+        metrics.clone(),
+        &server.configuration,
+        None,
+    )?;
+    let current: generation::Current = Arc::new(arc_swap::ArcSwap::from_pointee(first));
+    let reloader = Arc::new(reload::Reloader::new(
+        options.source,
+        current.clone(),
+        metrics.clone(),
+        server.configuration.clone(),
+    ));
     server.bootstrap();
 
     let cache = cache::storage::MokaStorage::leak(config.cache_max_bytes);
     let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl =
         Box::leak(pingora::cache::lock::CacheLock::new_boxed(CACHE_LOCK_AGE));
-    let plugins = Arc::new(plugin::PluginHost::start(
-        &config.plugins,
-        &config.plugin_host,
-        metrics.clone(),
-    )?);
-    let callouts = Arc::new(plugin::callout::Callouts::new(
-        config.upstreams.clone(),
-        &server.configuration,
-    ));
-    let proxy = edge::EdgeProxy::new(
-        config.clone(),
-        metrics.clone(),
-        cache,
-        cache_lock,
-        edge::Plugins {
-            ticker: Arc::new(
-                plugin::ticker::Ticker::start(plugins.plugins.clone(), callouts.clone()).map_err(
-                    |e| plugin::PluginError::Engine(format!("starting the tick thread: {e}")),
-                )?,
-            ),
-            host: plugins,
-            callouts,
-        },
-    );
+    let proxy = edge::EdgeProxy::new(current.clone(), metrics.clone(), cache, cache_lock);
     let mut data_plane =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "edge-proxy");
     data_plane.add_listener(
@@ -85,14 +101,14 @@ pub fn build_server(
             .l4_buffer(L4BufferSettings::default().write(config.server.write_buffer)),
     );
 
-    let admin_app = admin::AdminApp::new(config.clone(), metrics, draining, cache);
+    let admin_app = admin::AdminApp::new(current, reloader.clone(), metrics, draining, cache);
     let mut admin = Service::new("admin".to_string(), admin_app);
     admin.threads = Some(1);
     admin.add_tcp(&config.admin_listen.to_string());
 
     server.add_service(data_plane);
     server.add_service(admin);
-    Ok(server)
+    Ok(Built { server, reloader })
 }
 
 /// Shutdown requests from Unix signals (SIGTERM graceful, SIGINT fast, SIGQUIT graceful
@@ -100,19 +116,32 @@ pub fn build_server(
 #[derive(Debug)]
 pub struct StopSignals {
     channel: Mutex<Option<oneshot::Receiver<ShutdownSignal>>>,
-    unix: bool,
+    /// Unix signals are watched when set: the upgrade socket and how long a SIGQUIT waits for
+    /// a successor to listen on it.
+    unix: Option<(PathBuf, Duration)>,
     draining: Arc<AtomicBool>,
 }
 
 impl StopSignals {
-    pub fn new(
-        channel: Option<oneshot::Receiver<ShutdownSignal>>,
-        unix: bool,
+    /// Stops on `channel` only (tests, benchmarks).
+    pub fn channel(channel: oneshot::Receiver<ShutdownSignal>, draining: Arc<AtomicBool>) -> Self {
+        Self {
+            channel: Mutex::new(Some(channel)),
+            unix: None,
+            draining,
+        }
+    }
+
+    /// Stops on Unix signals; a SIGQUIT hands the sockets over only once a successor listens on
+    /// `upgrade_sock` (waiting up to `upgrade_timeout`), else it is refused and serving goes on.
+    pub fn unix(
+        upgrade_sock: PathBuf,
+        upgrade_timeout: Duration,
         draining: Arc<AtomicBool>,
     ) -> Self {
         Self {
-            channel: Mutex::new(channel),
-            unix,
+            channel: Mutex::new(None),
+            unix: Some((upgrade_sock, upgrade_timeout)),
             draining,
         }
     }
@@ -127,9 +156,9 @@ impl StopSignals {
 
     async fn unix_signal(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        if !self.unix {
+        let Some((upgrade_sock, upgrade_timeout)) = &self.unix else {
             return std::future::pending().await;
-        }
+        };
         let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::quit()),
             signal(SignalKind::terminate()),
@@ -138,10 +167,21 @@ impl StopSignals {
             tracing::error!("cannot install signal handlers; stop with SIGKILL");
             return std::future::pending().await;
         };
-        tokio::select! {
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
-            _ = term.recv() => ShutdownSignal::GracefulTerminate,
-            _ = int.recv() => ShutdownSignal::FastShutdown,
+        loop {
+            tokio::select! {
+                _ = quit.recv() => {
+                    if upgrade::wait_for_successor(upgrade_sock, *upgrade_timeout).await {
+                        return ShutdownSignal::GracefulUpgrade;
+                    }
+                    tracing::error!(
+                        upgrade_sock = %upgrade_sock.display(),
+                        "SIGQUIT: no new process listened on the upgrade socket within {upgrade_timeout:?} \
+                         (did `edge-proxy run --upgrade` fail to start?): keeping the sockets and serving on"
+                    );
+                }
+                _ = term.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+            }
         }
     }
 }
@@ -188,8 +228,13 @@ impl RunningProxy {
         let draining = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = oneshot::channel();
         let (listen, admin) = (config.listen, config.admin_listen);
-        let server = build_server(config, metrics.clone(), draining.clone(), false)?;
-        let signals = StopSignals::new(Some(stop_rx), false, draining);
+        let Built { server, .. } = build_server(
+            config,
+            metrics.clone(),
+            draining.clone(),
+            BuildOptions::default(),
+        )?;
+        let signals = StopSignals::channel(stop_rx, draining);
         let thread = std::thread::Builder::new()
             .name("edge-proxy".into())
             .spawn(move || {

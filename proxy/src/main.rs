@@ -1,5 +1,5 @@
 //! `edge-proxy` CLI: `run -c FILE [--upgrade]`, `check -c FILE` (exit 78 when invalid),
-//! `print-default-config`. Thin: all behaviour lives in the library.
+//! `reload -c FILE`, `print-default-config`. Thin: all behaviour lives in the library.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,8 +42,64 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask the running instance to reload FILE (its admin listener and `admin.token` are read
+    /// from FILE): prints the new generation and any setting that needs a restart; exits 78
+    /// with every problem when the file is invalid (the running configuration then stays).
+    /// `kill -HUP <pid>` does the same without a token.
+    Reload {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Print the documented default configuration.
     PrintDefaultConfig,
+}
+
+/// `edge-proxy reload`: `POST /config/reload` on the instance's admin listener.
+fn reload(cfg: &RuntimeConfig) -> ExitCode {
+    use std::io::{Read, Write};
+    let Some(token) = &cfg.admin_token else {
+        eprintln!("edge-proxy reload: admin.token is not set, so the admin listener refuses reloads; send SIGHUP instead (kill -HUP <pid>)");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let exchange = || -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect(cfg.admin_listen)?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+        write!(
+            stream,
+            "POST /config/reload HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            cfg.admin_listen
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    };
+    match exchange() {
+        Ok(answer) => {
+            let status = answer.split(' ').nth(1).unwrap_or_default();
+            let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            match status {
+                "200" => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                "422" => {
+                    eprintln!("{body}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+                _ => {
+                    eprintln!("edge-proxy reload: the admin listener answered {status}: {body}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "edge-proxy reload: cannot reach the admin listener at {}: {e}",
+                cfg.admin_listen
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(path: &Path) -> Result<RuntimeConfig, ExitCode> {
@@ -104,28 +160,43 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Reload { config } => match load(&config) {
+            Ok(cfg) => reload(&cfg),
+            Err(code) => code,
+        },
         Command::Run { config, upgrade } => match load(&config) {
             Ok(cfg) => {
-                println!(
-                    "edge-proxy (pid {}) listening on http://{} (admin http://{})",
-                    std::process::id(),
-                    cfg.listen,
-                    cfg.admin_listen
-                );
                 let draining = Arc::new(AtomicBool::new(false));
-                let server = match edge_proxy::build_server(
+                let upgrade_sock = PathBuf::from(&cfg.server.upgrade_sock);
+                let upgrade_timeout = cfg.server.upgrade_timeout;
+                let (listen, admin) = (cfg.listen, cfg.admin_listen);
+                let options = edge_proxy::BuildOptions {
+                    upgrade,
+                    source: Some(config.clone()),
+                };
+                let built = match edge_proxy::build_server(
                     Arc::new(cfg),
                     Arc::new(Metrics::new()),
                     draining.clone(),
-                    upgrade,
+                    options,
                 ) {
-                    Ok(server) => server,
+                    Ok(built) => built,
                     Err(e) => {
                         eprintln!("edge-proxy: {e}");
                         return ExitCode::from(EXIT_CONFIG);
                     }
                 };
-                let signals = edge_proxy::StopSignals::new(None, true, draining);
+                if let Err(e) = edge_proxy::reload::reload_on_sighup(built.reloader) {
+                    eprintln!("edge-proxy: cannot install the SIGHUP (reload) handler: {e}");
+                    return ExitCode::FAILURE;
+                }
+                let server = built.server;
+                println!(
+                    "edge-proxy (pid {}) listening on http://{listen} (admin http://{admin})",
+                    std::process::id(),
+                );
+                let signals =
+                    edge_proxy::StopSignals::unix(upgrade_sock, upgrade_timeout, draining);
                 server.run(RunArgs {
                     shutdown_signal: Box::new(signals),
                 });

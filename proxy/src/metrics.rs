@@ -2,7 +2,8 @@
 //! proxies can run in one test process) rendered by the admin listener's `/metrics`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -38,6 +39,14 @@ pub struct Metrics {
     pub plugin_vm_restarts: IntCounterVec,
     /// Requests a failed plugin answered 503 (`closed`) or skipped (`open`).
     pub plugin_failure_outcomes: IntCounterVec,
+    /// Plugin shared data: entries, bytes, and what it gave up (`expired`, `evicted`, `refused`).
+    pub shared_data_entries: IntGauge,
+    pub shared_data_bytes: IntGauge,
+    pub shared_data_losses: IntGaugeVec,
+    /// The configuration generation serving new requests (1 at start, +1 per applied reload).
+    pub config_generation: IntGauge,
+    /// Reloads by result (`applied`, `invalid`, `plugin_failed`).
+    pub config_reloads: IntCounterVec,
 }
 
 /// Static metric definitions are startup invariants: a bad one fails every test run at once.
@@ -126,6 +135,11 @@ impl Metrics {
             plugin_faults: register(&r, counter_vec("edge_plugin_faults_total", "Plugin calls that trapped, overran their CPU deadline or their memory cap.", &["plugin", "callback", "kind"])),
             plugin_vm_restarts: register(&r, counter_vec("edge_plugin_vm_restarts_total", "Plugin VMs rebuilt after a fault.", &["plugin"])),
             plugin_failure_outcomes: register(&r, counter_vec("edge_plugin_failure_outcomes_total", "Requests hit by a plugin fault, by the plugin's failure mode (closed: 503, open: skipped).", &["plugin", "mode"])),
+            shared_data_entries: register(&r, IntGauge::new("edge_plugin_shared_data_entries", "Entries in the plugins' shared data store.").expect("valid gauge definition")),
+            shared_data_bytes: register(&r, IntGauge::new("edge_plugin_shared_data_bytes", "Weighted bytes in the plugins' shared data store (plugin_host.shared_data.max_bytes bounds it).").expect("valid gauge definition")),
+            shared_data_losses: register(&r, IntGaugeVec::new(Opts::new("edge_plugin_shared_data_losses", "Since start: entries removed as expired, entries without a TTL evicted (least recently used) to make room, and writes refused because only live TTL entries were left."), &["kind"]).expect("valid gauge definition")),
+            config_generation: register(&r, IntGauge::new("edge_config_generation", "Configuration generation serving new requests: 1 at start, +1 per applied reload.").expect("valid gauge definition")),
+            config_reloads: register(&r, counter_vec("edge_config_reloads_total", "Reloads by result: applied, invalid (the file has problems), plugin_failed (a plugin did not start).", &["result"])),
             registry: r,
         }
     }

@@ -96,7 +96,7 @@ impl OriginConfig {
     /// Parses and validates YAML text; relative paths resolve against `base_dir`.
     pub fn from_yaml(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
         let file: FileConfig =
-            config_diagnostics::parse_yaml(text).map_err(|p| ConfigError::Invalid(vec![p]))?;
+            config_diagnostics::parse_yaml_all(text).map_err(ConfigError::Invalid)?;
         validate::validate(file, base_dir).map_err(ConfigError::Invalid)
     }
 

@@ -18,6 +18,10 @@ struct RawConfig {
     /// Compare-and-swap attempts before a request is let through unlimited (and logged).
     #[serde(default = "default_retries")]
     max_cas_retries: u32,
+    /// A header carrying the client's address, set by a front proxy the operator trusts
+    /// (e.g. `x-real-ip`); unset: the connection's source address.
+    #[serde(default)]
+    client_address_header: Option<String>,
     rules: Vec<RawRule>,
 }
 
@@ -67,6 +71,8 @@ impl Rule {
 pub struct Settings {
     pub key_prefix: String,
     pub max_cas_retries: u32,
+    /// Header naming the client address when no verified client id is known (trusted front).
+    pub client_address_header: Option<String>,
     pub rules: Vec<Rule>,
 }
 
@@ -104,6 +110,10 @@ impl Settings {
         Ok(Self {
             key_prefix: raw.key_prefix,
             max_cas_retries: raw.max_cas_retries.max(1),
+            client_address_header: raw
+                .client_address_header
+                .map(|h| h.to_ascii_lowercase())
+                .filter(|h| !h.is_empty()),
             rules,
         })
     }

@@ -80,20 +80,20 @@ impl HttpContext for Limiter {
             .get_property(vec!["auth", "client_id"])
             .and_then(|b| String::from_utf8(b).ok())
             .filter(|id| !id.is_empty());
-        let api_key = match client_id {
-            Some(_) => None,
-            None => self
-                .get_http_request_header("x-api-key")
-                .filter(|key| !key.is_empty()),
+        // Only a verified client id, or the client's address, names a bucket: an unverified
+        // `x-api-key` (a public path) would let every random key start a fresh burst.
+        let trusted = match (&client_id, &settings.client_address_header) {
+            (None, Some(header)) => self.get_http_request_header(header),
+            _ => None,
         };
-        let source = match (&client_id, &api_key) {
+        let source = match (&client_id, &trusted) {
             (None, None) => self
                 .get_property(vec!["source", "address"])
                 .and_then(|b| String::from_utf8(b).ok()),
             _ => None,
         };
         let who =
-            client_key::client_key(client_id.as_deref(), api_key.as_deref(), source.as_deref());
+            client_key::client_key(client_id.as_deref(), trusted.as_deref(), source.as_deref());
         let key = format!("{}{}/{}", settings.key_prefix, rule.name, who);
         let now_ns = self
             .get_current_time()

@@ -109,6 +109,77 @@ pub fn resolve(base: &Path, value: &str) -> PathBuf {
     clean
 }
 
+/// Most unknown keys reported for one file (each costs one more parse).
+const MAX_UNKNOWN_KEYS: usize = 64;
+
+/// Parses YAML into a serde mirror like [`parse_yaml`], but names EVERY unknown key, not just
+/// the first (serde stops at the first): each one found is removed and the rest parsed again.
+/// Other errors (a bad value) still end the parse, reported after the unknown keys before them.
+pub fn parse_yaml_all<T: DeserializeOwned + Default>(text: &str) -> Result<T, Vec<Problem>> {
+    if text.trim().is_empty() {
+        return Ok(T::default());
+    }
+    // Syntax errors come from the text (with their line); the rest from the parsed tree.
+    let mut tree: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
+        .map_err(|err| vec![problem_from_serde("", &err.to_string())])?;
+    let mut problems = Vec::new();
+    while problems.len() < MAX_UNKNOWN_KEYS {
+        let err = match serde_path_to_error::deserialize::<_, T>(tree.clone()) {
+            Ok(parsed) if problems.is_empty() => return Ok(parsed),
+            Ok(_) => return Err(problems),
+            Err(err) => err,
+        };
+        let problem = problem_from_serde(&err.path().to_string(), &err.inner().to_string());
+        let removed = problem.problem == "unknown key"
+            && remove_key(&mut tree, err.path(), &err.inner().to_string());
+        problems.push(problem);
+        if !removed {
+            break;
+        }
+    }
+    Err(problems)
+}
+
+/// Removes the unknown key `message` names from the mapping at `path` (the path may end with
+/// the key itself); false when it cannot be found.
+fn remove_key(
+    tree: &mut serde_yaml_ng::Value,
+    path: &serde_path_to_error::Path,
+    message: &str,
+) -> bool {
+    use serde_path_to_error::Segment;
+    let Some(key) = message
+        .split("unknown field `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+    else {
+        return false;
+    };
+    let segments: Vec<&Segment> = path.iter().collect();
+    let parents = match segments.last() {
+        Some(Segment::Map { key: last }) if last == key => &segments[..segments.len() - 1],
+        _ => &segments[..],
+    };
+    let mut node = tree;
+    for segment in parents {
+        let next = match (segment, node) {
+            (Segment::Map { key }, serde_yaml_ng::Value::Mapping(map)) => map.get_mut(key.as_str()),
+            (Segment::Seq { index }, serde_yaml_ng::Value::Sequence(items)) => {
+                items.get_mut(*index)
+            }
+            _ => None,
+        };
+        let Some(next) = next else {
+            return false;
+        };
+        node = next;
+    }
+    match node {
+        serde_yaml_ng::Value::Mapping(map) => map.remove(key).is_some(),
+        _ => false,
+    }
+}
+
 /// Parses YAML into a serde mirror; an empty document is `T::default()`. The error names the
 /// key path; an unknown key is named in the path itself, with the expected keys as the hint.
 pub fn parse_yaml<T: DeserializeOwned + Default>(text: &str) -> Result<T, Problem> {
@@ -232,6 +303,26 @@ mod tests {
             "inner.count"
         );
         assert_eq!(parse_yaml::<Outer>("  \n").unwrap().inner.count, 0);
+    }
+
+    #[test]
+    fn every_unknown_key_is_named_then_the_first_bad_value() {
+        let problems = parse_yaml_all::<Outer>("nmae: x\ninner:\n  cuont: 3\n  extra: 1\n")
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.path)
+            .collect::<Vec<_>>();
+        assert_eq!(problems, ["nmae", "inner.cuont", "inner.extra"]);
+        let problems = parse_yaml_all::<Outer>("bogus: 1\ninner: { count: many }\n").unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[1].path, "inner.count");
+        assert_eq!(
+            parse_yaml_all::<Outer>("inner: { count: 2 }\n")
+                .unwrap()
+                .inner
+                .count,
+            2
+        );
     }
 
     #[test]

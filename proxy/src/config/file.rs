@@ -45,6 +45,8 @@ pub struct ServerFile {
     #[serde(with = "humantime_serde")]
     pub graceful_shutdown_timeout: Duration,
     pub upgrade_sock: String,
+    #[serde(with = "humantime_serde")]
+    pub upgrade_timeout: Duration,
     pub write_buffer: usize,
     pub work_stealing: bool,
 }
@@ -61,6 +63,7 @@ impl Default for ServerFile {
             grace_period: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(10),
             upgrade_sock: "/tmp/edge-proxy-upgrade.sock".into(),
+            upgrade_timeout: Duration::from_secs(10),
             write_buffer: DEFAULT_WRITE_BUFFER,
             work_stealing: true,
         }
@@ -71,12 +74,15 @@ impl Default for ServerFile {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminFile {
     pub listen: String,
+    /// Bearer token for state-changing admin actions other than purges (`POST /config/reload`).
+    pub token: Option<String>,
 }
 
 impl Default for AdminFile {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9090".into(),
+            token: None,
         }
     }
 }

@@ -21,7 +21,7 @@ pub fn load(path: &Path) -> Result<RuntimeConfig, ConfigError> {
 /// Parses and validates YAML text; relative paths resolve against `base_dir`.
 pub fn from_yaml(text: &str, base_dir: &Path) -> Result<RuntimeConfig, ConfigError> {
     let file: FileConfig =
-        config_diagnostics::parse_yaml(text).map_err(|p| ConfigError::Invalid(vec![p]))?;
+        config_diagnostics::parse_yaml_all(text).map_err(ConfigError::Invalid)?;
     validate::validate(&file, base_dir).map_err(ConfigError::Invalid)
 }
 

@@ -13,12 +13,14 @@ use crate::plugin::{HostSettings, PluginSpec};
 use crate::routing::Router;
 use crate::upstream::Upstream;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
     pub threads: usize,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub upgrade_sock: String,
+    /// How long a SIGQUIT waits for a successor to listen on `upgrade_sock` before it is refused.
+    pub upgrade_timeout: Duration,
     /// Per-connection write buffer of the data plane, in bytes.
     pub write_buffer: usize,
     /// One work-stealing runtime for all threads (true), or one single-threaded runtime per
@@ -39,6 +41,8 @@ pub struct RuntimeConfig {
     pub cache_max_bytes: u64,
     /// Bearer token for `POST /cache/purge`; `None` disables purging.
     pub purge_token: Option<String>,
+    /// Bearer token for `POST /config/reload`; `None` disables reloads over HTTP.
+    pub admin_token: Option<String>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub router: Router,
     /// Every configured plugin; routes refer to them by index.

@@ -129,6 +129,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
         "server.graceful_shutdown_timeout",
         file.server.graceful_shutdown_timeout,
     );
+    problems.positive("server.upgrade_timeout", file.server.upgrade_timeout);
 
     let mut ca_files = BTreeSet::new();
     let upstreams: HashMap<String, Arc<Upstream>> = file
@@ -164,6 +165,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
         &mut problems,
     );
     let mut names = BTreeSet::new();
+    let mut prefixes: HashMap<&str, usize> = HashMap::new();
     let mut routes = Vec::new();
     for (i, route) in file.routes.iter().enumerate() {
         let at = |key: &str| format!("routes[{i}].{key}");
@@ -172,6 +174,13 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                 at("name"),
                 format!("duplicate route name `{}`", route.name),
                 None,
+            );
+        }
+        if let Some(first) = prefixes.insert(route.path_prefix.as_str(), i) {
+            problems.add(
+                at("path_prefix"),
+                format!("`{}` is also routes[{first}]'s prefix", route.path_prefix),
+                Some("each prefix may appear once: only one of the two routes could ever match"),
             );
         }
         if !route.path_prefix.starts_with('/') {
@@ -233,10 +242,14 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
         );
     }
     let purge_token = file.cache.purge_token.clone().filter(|t| !t.is_empty());
-    if let Some(token) = &purge_token {
-        if token.len() < 16 {
+    let admin_token = file.admin.token.clone().filter(|t| !t.is_empty());
+    for (key, token) in [
+        ("cache.purge_token", &purge_token),
+        ("admin.token", &admin_token),
+    ] {
+        if token.as_ref().is_some_and(|t| t.len() < 16) {
             problems.add(
-                "cache.purge_token",
+                key,
                 "is shorter than 16 characters",
                 Some("use a long random secret, e.g. `openssl rand -hex 32`"),
             );
@@ -250,6 +263,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                 grace_period: file.server.grace_period,
                 graceful_shutdown_timeout: file.server.graceful_shutdown_timeout,
                 upgrade_sock: file.server.upgrade_sock.clone(),
+                upgrade_timeout: file.server.upgrade_timeout,
                 write_buffer: file.server.write_buffer,
                 work_stealing: file.server.work_stealing,
             },
@@ -259,6 +273,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             keepalive_pool_size: file.upstreams.values().map(|u| u.pool_size).sum(),
             cache_max_bytes: file.cache.max_bytes,
             purge_token,
+            admin_token,
             upstreams,
             router: Router::new(routes),
             plugins,
@@ -307,7 +322,7 @@ mod tests {
              server: { write_buffer: 2000000 }\n\
              admin: { listen: 0.0.0.0:9090 }\n\
              upstreams:\n  catalog:\n    addresses: [127.0.0.1]\n    connect_timeout: 0s\n    tls: { sni: localhost, ca_file: missing-ca.pem }\n\
-             routes:\n  - { name: catalog, path_prefix: /api/, upstream: catlog }\n",
+             routes:\n  - { name: catalog, path_prefix: /api/, upstream: catlog }\n  - { name: again, path_prefix: /api/, upstream: catalog }\n",
         );
         let expect = [
             "listen: `localhost` is not a socket address",
@@ -317,6 +332,7 @@ mod tests {
             "upstreams.catalog.tls.ca_file: file /etc/edge/missing-ca.pem does not exist",
             "upstreams.catalog.connect_timeout: must be greater than zero",
             "routes[0].upstream: unknown upstream `catlog` (defined upstreams: catalog)",
+            "routes[1].path_prefix: `/api/` is also routes[0]'s prefix",
         ];
         assert_eq!(found.len(), expect.len(), "{found:#?}");
         for e in expect {

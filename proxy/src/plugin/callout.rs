@@ -40,7 +40,8 @@ impl CalloutAnswer {
 /// The callout runner of a proxy.
 pub struct Callouts {
     upstreams: HashMap<String, Arc<Upstream>>,
-    connector: Connector,
+    /// Shared by the callouts of every configuration generation (one pool, one TLS session store).
+    connector: Arc<Connector>,
 }
 
 impl std::fmt::Debug for Callouts {
@@ -59,7 +60,17 @@ impl Callouts {
     pub fn new(upstreams: HashMap<String, Arc<Upstream>>, server: &ServerConf) -> Self {
         Self {
             upstreams,
-            connector: Connector::new(Some(ConnectorOptions::from_server_conf(server))),
+            connector: Arc::new(Connector::new(Some(ConnectorOptions::from_server_conf(
+                server,
+            )))),
+        }
+    }
+
+    /// The same connector (pooled connections, TLS sessions) for a reloaded set of upstreams.
+    pub fn with_upstreams(&self, upstreams: HashMap<String, Arc<Upstream>>) -> Self {
+        Self {
+            upstreams,
+            connector: self.connector.clone(),
         }
     }
 

@@ -188,6 +188,8 @@ impl RunningPlugin {
 pub struct PluginHost {
     pub plugins: Vec<Arc<RunningPlugin>>,
     pub shared_data: Arc<SharedData>,
+    /// Plugin-defined metric series (registered once per process: shared across reloads).
+    stats: Arc<PluginStats>,
     // Dropped last: it stops the epoch ticker. None when no plugin is configured.
     _engine: Option<PluginEngine>,
 }
@@ -219,6 +221,18 @@ impl PluginHost {
         settings: &HostSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PluginError> {
+        Self::start_after(specs, settings, metrics, None)
+    }
+
+    /// As [`Self::start`]; with `previous` (a reload), the new plugins keep the shared data
+    /// (rate-limit buckets survive a reload; its bounds take the new settings) and the metric
+    /// series of the host they replace.
+    pub fn start_after(
+        specs: &[PluginSpec],
+        settings: &HostSettings,
+        metrics: Arc<Metrics>,
+        previous: Option<&PluginHost>,
+    ) -> Result<Self, PluginError> {
         let vms: usize = specs.iter().map(|s| s.vms).sum();
         let pool = PoolSize {
             // Room for every VM twice over (rebuilds overlap) plus `check` runs.
@@ -229,21 +243,33 @@ impl PluginHost {
                 .max()
                 .unwrap_or(64 << 20),
         };
-        let shared_data = Arc::new(SharedData::new(
-            settings.shared_data_max_bytes,
-            settings.shared_data_ttl_by_prefix.clone(),
-        ));
+        let (shared_data, stats) = match previous {
+            Some(previous) => {
+                previous.shared_data.reconfigure(
+                    settings.shared_data_max_bytes,
+                    settings.shared_data_ttl_by_prefix.clone(),
+                );
+                (previous.shared_data.clone(), previous.stats.clone())
+            }
+            None => (
+                Arc::new(SharedData::new(
+                    settings.shared_data_max_bytes,
+                    settings.shared_data_ttl_by_prefix.clone(),
+                )),
+                Arc::new(PluginStats::new(metrics.registry().clone())),
+            ),
+        };
         if specs.is_empty() {
             return Ok(Self {
                 plugins: Vec::new(),
                 shared_data,
+                stats,
                 _engine: None,
             });
         }
         let engine = PluginEngine::new(pool, settings.module_cache_dir.clone())?;
         let mut linker = Linker::<HostState>::new(engine.engine());
         let provided = abi::link(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        let stats = Arc::new(PluginStats::new(metrics.registry().clone()));
         let mut plugins = Vec::new();
         // Several plugins may run the same module (with other configs): compile it once.
         let mut compiled: std::collections::HashMap<u128, Module> =
@@ -303,6 +329,7 @@ impl PluginHost {
         Ok(Self {
             plugins,
             shared_data,
+            stats,
             _engine: Some(engine),
         })
     }

@@ -1,7 +1,12 @@
 //! The host-wide shared data store every VM of every plugin sees (`proxy_get_shared_data` /
-//! `proxy_set_shared_data`): values with compare-and-swap tokens, bounded in bytes (the oldest
-//! writes are evicted first), and optionally expiring by key prefix - what the ABI lacks, added
-//! without changing it.
+//! `proxy_set_shared_data`): values with compare-and-swap tokens, bounded in bytes, and
+//! optionally expiring by key prefix - what the ABI lacks, added without changing it.
+//!
+//! When full, room is made in this order: expired entries, then the least recently USED entries
+//! without a TTL. An entry under a TTL prefix (e.g. `ratelimit/`) is never evicted while it lives:
+//! that TTL is how long such an entry stays meaningful (a token bucket still refilling), and
+//! evicting one early would hand its owner a fresh burst. A write that cannot be made room for
+//! is refused instead. Evictions and refusals are counted ([`SharedData::counters`]).
 //!
 //! Creating a key is the one write plain CAS cannot guard: a plugin that read "absent" and writes
 //! with CAS 0 overwrites whatever another VM created meanwhile, with all the updates made since.
@@ -10,6 +15,7 @@
 //! counter reaches it only after 2^32 writes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,7 +31,8 @@ const ENTRY_OVERHEAD: usize = 64;
 struct Entry {
     value: Vec<u8>,
     cas: u32,
-    written: u64,
+    /// Use sequence (entries without a TTL: the LRU order), or write sequence (with a TTL).
+    used: u64,
     expires: Option<Instant>,
 }
 
@@ -35,38 +42,17 @@ impl Entry {
     }
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    entries: HashMap<String, Entry>,
-    /// Write sequence -> key: eviction order.
-    by_age: BTreeMap<u64, String>,
-    bytes: usize,
-    next_cas: u32,
-    next_write: u64,
-}
-
-/// Why a write was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetError {
-    /// The caller's CAS token is stale: someone wrote in between.
-    CasMismatch,
-    /// The entry alone is larger than the whole store.
-    TooLarge,
-}
-
 #[derive(Debug)]
-pub struct SharedData {
-    inner: Mutex<Inner>,
+struct Settings {
     max_bytes: usize,
     /// (prefix, ttl), longest prefix first.
     ttl_by_prefix: Vec<(String, Duration)>,
 }
 
-impl SharedData {
-    pub fn new(max_bytes: u64, mut ttl_by_prefix: Vec<(String, Duration)>) -> Self {
+impl Settings {
+    fn new(max_bytes: u64, mut ttl_by_prefix: Vec<(String, Duration)>) -> Self {
         ttl_by_prefix.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Self {
-            inner: Mutex::default(),
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             ttl_by_prefix,
         }
@@ -78,19 +64,91 @@ impl SharedData {
             .find(|(prefix, _)| key.starts_with(prefix.as_str()))
             .map(|(_, ttl)| *ttl)
     }
+}
 
-    /// The value and its CAS token; expired entries are gone.
-    pub fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        match inner.entries.get(key) {
-            Some(entry) if entry.expires.is_some_and(|at| at <= now) => {
-                inner.remove(key);
-                None
-            }
-            Some(entry) => Some((entry.value.clone(), entry.cas)),
-            None => None,
+#[derive(Debug)]
+struct Inner {
+    settings: Settings,
+    entries: HashMap<String, Entry>,
+    /// Use sequence -> key, for entries without a TTL: eviction order.
+    lru: BTreeMap<u64, String>,
+    /// (expiry, write sequence) -> key, for entries with a TTL: expired ones go first.
+    expiring: BTreeMap<(Instant, u64), String>,
+    bytes: usize,
+    next_cas: u32,
+    next_use: u64,
+}
+
+/// Why a write was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetError {
+    /// The caller's CAS token is stale: someone wrote in between.
+    CasMismatch,
+    /// The entry alone is larger than the whole store.
+    TooLarge,
+    /// The store is full of entries that may not be evicted yet (live TTL entries).
+    Full,
+}
+
+/// What the store had to give up, since it started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Entries removed because they had expired (on write pressure or when read).
+    pub expired: AtomicU64,
+    /// Entries without a TTL evicted (least recently used first) to make room.
+    pub evicted: AtomicU64,
+    /// Writes refused because no entry could be evicted for them.
+    pub refused: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct SharedData {
+    inner: Mutex<Inner>,
+    counters: Counters,
+}
+
+impl SharedData {
+    pub fn new(max_bytes: u64, ttl_by_prefix: Vec<(String, Duration)>) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                settings: Settings::new(max_bytes, ttl_by_prefix),
+                entries: HashMap::new(),
+                lru: BTreeMap::new(),
+                expiring: BTreeMap::new(),
+                bytes: 0,
+                next_cas: 0,
+                next_use: 0,
+            }),
+            counters: Counters::default(),
         }
+    }
+
+    /// New bounds (a reload): they apply from the next write; entries are kept.
+    pub fn reconfigure(&self, max_bytes: u64, ttl_by_prefix: Vec<(String, Duration)>) {
+        self.lock().settings = Settings::new(max_bytes, ttl_by_prefix);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Evictions and refusals so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The value and its CAS token; expired entries are gone. A read counts as a use.
+    pub fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let expired = inner.entries.get(key)?.expires.is_some_and(|at| at <= now);
+        if expired {
+            inner.take(key);
+            self.counters.expired.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        inner.touch(key);
+        inner.entries.get(key).map(|e| (e.value.clone(), e.cas))
     }
 
     /// Writes `value`; with a non-zero `cas`, only if the entry still has that token (an absent
@@ -98,37 +156,40 @@ impl SharedData {
     /// entry holds, creates or fails).
     pub fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
         let weight = key.len() + value.len() + ENTRY_OVERHEAD;
-        if weight > self.max_bytes {
+        let mut inner = self.lock();
+        if weight > inner.settings.max_bytes {
             return Err(SetError::TooLarge);
         }
-        let expires = self.ttl(key).map(|ttl| Instant::now() + ttl);
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         if let Some(entry) = inner.entries.get(key) {
             let live = entry.expires.is_none_or(|at| at > now);
             if cas != 0 && live && entry.cas != cas {
                 return Err(SetError::CasMismatch);
             }
-            inner.remove(key);
         }
-        inner.evict_for(weight, self.max_bytes, now);
+        let old = inner.take(key);
+        if let Err(e) = inner.make_room(weight, now, &self.counters) {
+            if let Some(old) = old {
+                inner.put(key.to_string(), old);
+            }
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
         inner.next_cas = inner.next_token();
-        inner.next_write += 1;
+        inner.next_use += 1;
         let entry = Entry {
             value: value.to_vec(),
             cas: inner.next_cas,
-            written: inner.next_write,
-            expires,
+            used: inner.next_use,
+            expires: inner.settings.ttl(key).map(|ttl| now + ttl),
         };
-        inner.bytes += weight;
-        inner.by_age.insert(entry.written, key.to_string());
-        inner.entries.insert(key.to_string(), entry);
+        inner.put(key.to_string(), entry);
         Ok(())
     }
 
     /// (entries, bytes).
     pub fn usage(&self) -> (usize, usize) {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let inner = self.lock();
         (inner.entries.len(), inner.bytes)
     }
 }
@@ -142,35 +203,68 @@ impl Inner {
         }
     }
 
-    fn remove(&mut self, key: &str) {
-        if let Some(entry) = self.entries.remove(key) {
-            self.bytes -= entry.weight(key);
-            self.by_age.remove(&entry.written);
+    fn put(&mut self, key: String, entry: Entry) {
+        self.bytes += entry.weight(&key);
+        match entry.expires {
+            Some(at) => self.expiring.insert((at, entry.used), key.clone()),
+            None => self.lru.insert(entry.used, key.clone()),
+        };
+        self.entries.insert(key, entry);
+    }
+
+    fn take(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        self.bytes -= entry.weight(key);
+        match entry.expires {
+            Some(at) => self.expiring.remove(&(at, entry.used)),
+            None => self.lru.remove(&entry.used),
+        };
+        Some(entry)
+    }
+
+    /// Moves an entry without a TTL to the most recently used end.
+    fn touch(&mut self, key: &str) {
+        self.next_use += 1;
+        let next = self.next_use;
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        if entry.expires.is_none() {
+            self.lru.remove(&entry.used);
+            entry.used = next;
+            self.lru.insert(next, key.to_string());
         }
     }
 
-    /// Makes room for `weight` more bytes: expired entries first, then the oldest writes.
-    fn evict_for(&mut self, weight: usize, max_bytes: usize, now: Instant) {
-        if self.bytes + weight <= max_bytes {
-            return;
-        }
-        let expired: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.expires.is_some_and(|at| at <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in expired {
-            self.remove(&key);
-        }
-        while self.bytes + weight > max_bytes {
-            let Some((_, key)) = self.by_age.pop_first() else {
+    /// Makes room for `weight` more bytes: expired entries first, then the least recently used
+    /// entries without a TTL; never a live TTL entry.
+    fn make_room(
+        &mut self,
+        weight: usize,
+        now: Instant,
+        counters: &Counters,
+    ) -> Result<(), SetError> {
+        let max = self.settings.max_bytes;
+        while self.bytes + weight > max {
+            let Some((&(at, _), key)) = self.expiring.first_key_value() else {
                 break;
             };
-            if let Some(entry) = self.entries.remove(&key) {
-                self.bytes -= entry.weight(&key);
+            if at > now {
+                break;
             }
+            let key = key.clone();
+            self.take(&key);
+            counters.expired.fetch_add(1, Ordering::Relaxed);
         }
+        while self.bytes + weight > max {
+            let Some((_, key)) = self.lru.first_key_value() else {
+                return Err(SetError::Full);
+            };
+            let key = key.clone();
+            self.take(&key);
+            counters.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -209,7 +303,7 @@ mod tests {
     #[test]
     fn tokens_wrap_past_zero_and_the_create_only_token() {
         let store = SharedData::new(1 << 20, vec![]);
-        store.inner.lock().unwrap().next_cas = CREATE_ONLY_CAS - 2;
+        store.lock().next_cas = CREATE_ONLY_CAS - 2;
         store.set("k", b"1", 0).unwrap();
         assert_eq!(store.get("k").unwrap().1, CREATE_ONLY_CAS - 1);
         store.set("k", b"1", 0).unwrap();
@@ -256,18 +350,74 @@ mod tests {
     }
 
     #[test]
-    fn bounded_by_bytes_oldest_first_and_prefix_ttl() {
+    fn bounded_by_bytes_least_recently_used_first_and_prefix_ttl() {
         let store = SharedData::new(1000, vec![("tmp/".into(), Duration::from_millis(20))]);
         for i in 0..20 {
             store.set(&format!("k{i}"), &[0; 100], 0).unwrap();
+            // k0 is read after every write: the most recently used, so it stays.
+            assert!(store.get("k0").is_some(), "k0 evicted at write {i}");
         }
         let (entries, bytes) = store.usage();
         assert!(bytes <= 1000 && entries < 20, "{entries} {bytes}");
-        assert!(store.get("k0").is_none() && store.get("k19").is_some());
+        assert!(store.get("k1").is_none() && store.get("k19").is_some());
+        assert!(store.counters().evicted.load(Ordering::Relaxed) > 0);
         assert_eq!(store.set("big", &[0; 2000], 0), Err(SetError::TooLarge));
         store.set("tmp/a", b"x", 0).unwrap();
         assert!(store.get("tmp/a").is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(store.get("tmp/a").is_none());
+    }
+
+    /// A flood of new keys never evicts a live TTL entry (a bucket still refilling): once only
+    /// those are left, new writes are refused, and the protected entry keeps its value.
+    #[test]
+    fn live_ttl_entries_are_never_evicted_writes_are_refused_instead() {
+        let store = SharedData::new(2000, vec![("ratelimit/".into(), Duration::from_secs(60))]);
+        store
+            .set("ratelimit/limited-client", b"empty bucket", 0)
+            .unwrap();
+        store.set("plain", &[0; 100], 0).unwrap();
+        let mut refused = 0;
+        for i in 0..1000 {
+            if store.set(&format!("ratelimit/junk-{i}"), &[0; 100], CREATE_ONLY_CAS)
+                == Err(SetError::Full)
+            {
+                refused += 1;
+            }
+        }
+        assert!(refused > 900, "{refused}");
+        assert_eq!(
+            store.get("ratelimit/limited-client").unwrap().0,
+            b"empty bucket"
+        );
+        assert!(
+            store.get("plain").is_none(),
+            "entries without a TTL make room first"
+        );
+        let counters = store.counters();
+        assert_eq!(counters.evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.refused.load(Ordering::Relaxed), refused);
+        // A refused overwrite keeps the old value.
+        let (_, cas) = store.get("ratelimit/limited-client").unwrap();
+        assert_eq!(
+            store.set("ratelimit/limited-client", &[1; 1500], cas),
+            Err(SetError::Full)
+        );
+        assert_eq!(
+            store.get("ratelimit/limited-client").unwrap().0,
+            b"empty bucket"
+        );
+    }
+
+    #[test]
+    fn expired_ttl_entries_make_room() {
+        let store = SharedData::new(1000, vec![("tmp/".into(), Duration::from_millis(20))]);
+        for i in 0..5 {
+            store.set(&format!("tmp/{i}"), &[0; 100], 0).unwrap();
+        }
+        assert_eq!(store.set("tmp/late", &[0; 100], 0), Err(SetError::Full));
+        std::thread::sleep(Duration::from_millis(40));
+        store.set("tmp/late", &[0; 100], 0).unwrap();
+        assert!(store.counters().expired.load(Ordering::Relaxed) >= 1);
     }
 }

@@ -1,11 +1,11 @@
 //! Timers: a background thread (with its own small runtime) calls `proxy_on_tick` on every VM
 //! whose root context set a tick period, and runs the callouts a tick dispatches, delivering
 //! their answers to the root context. It also publishes idle VMs' pending call metrics. A fault in a tick discards the VM like any other fault.
-//! Dropping the [`Ticker`] stops the thread.
+//! [`Ticker::stop`] (or dropping the [`Ticker`]) stops the thread.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,15 +19,12 @@ const RESOLUTION: Duration = Duration::from_millis(5);
 #[derive(Debug)]
 pub struct Ticker {
     running: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.running.store(false, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 
@@ -40,7 +37,7 @@ impl Ticker {
         if plugins.is_empty() {
             return Ok(Self {
                 running,
-                thread: None,
+                thread: Mutex::new(None),
             });
         }
         let flag = running.clone();
@@ -52,8 +49,22 @@ impl Ticker {
             .spawn(move || runtime.block_on(run(plugins, callouts, flag)))?;
         Ok(Self {
             running,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Stops delivering ticks and waits for the thread (at most one flush period). Called by a
+    /// reload on the generation it replaces, so no request thread ever waits for it.
+    pub fn stop(&self) {
+        self.running.store(false, Ordering::Relaxed);
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -34,10 +34,21 @@ fn invalid_config_lists_every_problem_and_exits_78() {
         );
     }
 
-    std::fs::write(&path, "upstreams:\n  catalog:\n    pool: 3\n").unwrap();
+    // Every unknown key, not only the first (serde stops at the first).
+    std::fs::write(
+        &path,
+        "listn: x\nupstreams:\n  catalog:\n    pool: 3\nroutes:\n  - { name: r, path_prefix: /, upstream: catalog, plugin: [] }\n",
+    )
+    .unwrap();
     let out = bin().args(["check", "-c"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("upstreams.catalog.pool: unknown key"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["listn", "upstreams.catalog.pool", "routes[0].plugin"] {
+        assert!(
+            stderr.contains(&format!("{key}: unknown key")),
+            "{key} not named in\n{stderr}"
+        );
+    }
 
     std::fs::write(
         &path,

@@ -11,6 +11,7 @@ mod cli;
 mod common;
 mod hygiene;
 mod metrics_plugin;
+mod operations;
 mod plugins;
 mod proxying;
 mod rate_limit_plugin;

@@ -1,6 +1,7 @@
 //! The `rate-limit` plugin through the real proxy: the 429 sequence with its headers, refill
 //! over time, one bucket per client shared by every VM and worker (exact under contention),
-//! and the fallback keys (API key, then source address) when no client id is published.
+//! and the fallback (the client address, never an unverified key) when no client id is
+//! published; percent-encoded spellings meet the same rule.
 
 use std::time::Duration;
 
@@ -93,24 +94,68 @@ async fn one_bucket_shared_by_every_vm_and_worker_is_exact_under_contention() {
     p.stop().await;
 }
 
+/// Regression: buckets on a public path were keyed by the unverified `x-api-key`, so 300
+/// requests with random keys all passed. Now only a verified client id or the address names
+/// a bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_client_id_buckets_are_per_api_key_then_per_address() {
+async fn unverified_api_keys_never_name_a_bucket_the_address_does() {
     let (origin, echo) = (Origin::start(200, "").await, start_counting_echo().await);
     let p = shop::start(&origin, echo.addr);
-    // `/anon/` has no auth: rule `anon`, burst 2.
-    let codes = |keys: Vec<Option<&'static str>>| {
-        let p = &p;
-        async move {
-            let mut out = Vec::new();
-            for key in keys {
-                out.push(get(p, "/anon/x", key).await.status().as_u16());
-            }
-            out
+    // `/anon/` has no auth: rule `anon`, burst 2, 0.1 token a second.
+    let started = std::time::Instant::now();
+    let mut allowed = 0;
+    for i in 0..300 {
+        let key = format!("random-key-{i}");
+        if get(&p, "/anon/x", Some(&key)).await.status() == 200 {
+            allowed += 1;
         }
-    };
-    assert_eq!(codes(vec![Some("k-one"); 3]).await, [200, 200, 429]);
-    assert_eq!(codes(vec![Some("k-two"); 3]).await, [200, 200, 429]);
-    // No key: the loopback address's bucket.
-    assert_eq!(codes(vec![None; 3]).await, [200, 200, 429]);
+    }
+    let refills = (0.1 * started.elapsed().as_secs_f64()).floor() as usize;
+    assert!(
+        allowed <= 2 + refills,
+        "{allowed} of 300 random keys passed; the address bucket allows {}",
+        2 + refills
+    );
+    // A verified client still has a bucket of its own (on an authenticated route).
+    assert_eq!(get(&p, "/echo/tight", Some(DEV_KEY)).await.status(), 200);
+    p.stop().await;
+}
+
+/// Regression: `category=%70olo` dodged the polo rule (matched on the raw query) while the
+/// cache and the origin decoded it. One normalisation now serves the rules, the cache key and
+/// the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoded_spellings_meet_the_same_rule_cache_entry_and_origin_path() {
+    let (origin, echo) = (Origin::start(200, "").await, start_counting_echo().await);
+    let p = shop::start(&origin, echo.addr);
+    // Rule `polo`: /echo/list with category=polo, burst 2.
+    for _ in 0..2 {
+        assert_eq!(
+            get(&p, "/echo/list?category=polo", Some(DEV_KEY))
+                .await
+                .status(),
+            200
+        );
+    }
+    for spelling in [
+        "category=%70olo",
+        "category=p%6Flo&x=1",
+        "%63ategory=pol%6f",
+    ] {
+        let r = get(&p, &format!("/echo/list?{spelling}"), Some(DEV_KEY)).await;
+        assert_eq!(r.status(), 429, "{spelling} dodged the polo rule");
+    }
+    let tee = get(&p, "/echo/list?category=%74ee", Some(DEV_KEY)).await;
+    let body: serde_json::Value = tee.json().await.unwrap();
+    assert_eq!(
+        body["path"], "/echo/list?category=tee",
+        "the origin sees the normal form"
+    );
+    // The cache: both spellings are one entry.
+    let key = DEV_KEY;
+    let first = get(&p, "/api/v1/products?category=%70olo&limit=3", Some(key)).await;
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let second = get(&p, "/api/v1/products?category=polo&limit=3", Some(key)).await;
+    assert_eq!(second.headers()["x-cache"], "HIT");
     p.stop().await;
 }

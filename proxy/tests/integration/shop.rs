@@ -128,6 +128,7 @@ pub fn start(origin: &Origin, echo: SocketAddr) -> Proxy {
                 "jwks": serde_json::from_str::<Value>(&jwks()).unwrap()},
     });
     let limit_config = json!({"rules": [
+        {"name": "polo", "path_prefix": "/echo/list", "query": {"category": "polo"}, "rate_per_second": 0.1, "burst": 2},
         {"name": "tight", "path_prefix": "/echo/tight", "rate_per_second": 2, "burst": 3},
         {"name": "shared", "path_prefix": "/echo/shared", "rate_per_second": 0.1, "burst": 100},
         {"name": "anon", "path_prefix": "/anon/", "rate_per_second": 0.1, "burst": 2},

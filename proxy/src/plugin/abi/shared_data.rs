@@ -1,6 +1,7 @@
 //! Shared data: the host-wide store (`plugin/shared_data.rs`) behind `proxy_get_shared_data` and
-//! `proxy_set_shared_data`, with CAS. A value too large for the store is refused as a CAS
-//! mismatch (the only failure the SDK accepts for a write) and logged.
+//! `proxy_set_shared_data`, with CAS. A value too large for the store, or a write into a store
+//! full of entries that may not be evicted, is refused as a CAS mismatch (the only failure the
+//! SDK accepts for a write).
 
 use wasmtime::Caller;
 
@@ -42,6 +43,10 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
                 Err(SetError::CasMismatch) => status::CAS_MISMATCH,
                 Err(SetError::TooLarge) => {
                     tracing::warn!(target: "plugin", plugin = %plugin.name, %key, bytes = value.len(), "shared data value larger than the store");
+                    status::CAS_MISMATCH
+                }
+                Err(SetError::Full) => {
+                    tracing::debug!(target: "plugin", plugin = %plugin.name, %key, "shared data full of live TTL entries: write refused");
                     status::CAS_MISMATCH
                 }
             })

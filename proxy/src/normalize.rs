@@ -1,0 +1,169 @@
+//! One normalisation of the request target, applied once in `early_request_filter` before
+//! anything reads it, so routing, the plugins' `:path`, the rate-limit rules, the cache key and
+//! the origin all see the same spelling (`category=%70olo` is `category=polo` everywhere, or a
+//! rule matching the raw text could be dodged while the cache and the origin decode it).
+//!
+//! The normalisations are the ones RFC 3986 (section 6.2.2) says never change what a URI
+//! identifies: percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, every
+//! other percent-encoding gets upper-case hex, and dot segments are removed from the path (so
+//! `/api/v1/%2e%2e/admin` is `/api/admin` for routing and the origin alike). Anything else,
+//! `+` included, is left exactly as sent.
+
+use std::borrow::Cow;
+
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes percent-encoded unreserved characters and upper-cases the hex of the others; a `%`
+/// not followed by two hex digits is kept as sent.
+fn normalize_escapes(text: &str) -> Cow<'_, str> {
+    if !text.contains('%') {
+        return Cow::Borrowed(text);
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%')
+            .then(|| {
+                Some((
+                    hex_value(*bytes.get(i + 1)?)?,
+                    hex_value(*bytes.get(i + 2)?)?,
+                ))
+            })
+            .flatten();
+        match escape {
+            Some((high, low)) => {
+                let byte = high << 4 | low;
+                if is_unreserved(byte) {
+                    out.push(byte);
+                } else {
+                    out.extend([b'%', HEX[usize::from(high)], HEX[usize::from(low)]]);
+                }
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    if out == bytes {
+        return Cow::Borrowed(text);
+    }
+    // Only ASCII escapes were rewritten to ASCII: the text stays valid UTF-8.
+    Cow::Owned(
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    )
+}
+
+/// RFC 3986 `remove_dot_segments` for an absolute path (one starting with `/`).
+fn remove_dot_segments(path: &str) -> Cow<'_, str> {
+    let has_dots = path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..");
+    if !has_dots || !path.starts_with('/') {
+        return Cow::Borrowed(path);
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let mut kept: Vec<&str> = Vec::with_capacity(segments.len());
+    let last = segments.len() - 1;
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." {
+                    kept.pop();
+                }
+                // A trailing `.` or `..` leaves the path ending in `/`.
+                if i == last {
+                    kept.push("");
+                }
+            }
+            other => kept.push(other),
+        }
+    }
+    Cow::Owned(format!("/{}", kept.join("/")))
+}
+
+/// The normalised form of an origin-form request target (`/path?query`); borrowed when the
+/// target is already normal (the common case costs two scans and no allocation).
+pub fn request_target(target: &str) -> Cow<'_, str> {
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let escaped_path = normalize_escapes(path);
+    let clean_path = remove_dot_segments(&escaped_path);
+    let clean_query = query.map(normalize_escapes);
+    let unchanged = matches!(clean_path, Cow::Borrowed(_))
+        && matches!(escaped_path, Cow::Borrowed(_))
+        && !matches!(clean_query, Some(Cow::Owned(_)));
+    if unchanged {
+        return Cow::Borrowed(target);
+    }
+    let mut out = clean_path.into_owned();
+    if let Some(query) = clean_query {
+        out.push('?');
+        out.push_str(&query);
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreserved_escapes_are_decoded_others_upper_cased() {
+        assert_eq!(
+            request_target("/api/v1/products?category=%70olo"),
+            "/api/v1/products?category=polo"
+        );
+        assert_eq!(request_target("/api/v1/product%73"), "/api/v1/products");
+        assert_eq!(request_target("/a?q=x%2fy%2Cz%7e"), "/a?q=x%2Fy%2Cz~");
+        assert_eq!(
+            request_target("/a?q=%zz%4"),
+            "/a?q=%zz%4",
+            "malformed: as sent"
+        );
+        assert_eq!(request_target("/a?q=a+b&r=%20"), "/a?q=a+b&r=%20");
+        assert_eq!(request_target("/caf%C3%A9"), "/caf%C3%A9");
+    }
+
+    #[test]
+    fn dot_segments_are_removed_encoded_or_not() {
+        assert_eq!(request_target("/api/v1/../admin"), "/api/admin");
+        assert_eq!(request_target("/api/v1/%2e%2E/admin?x=1"), "/api/admin?x=1");
+        assert_eq!(request_target("/api/./v1/."), "/api/v1/");
+        assert_eq!(request_target("/../../etc"), "/etc");
+        assert_eq!(request_target("/a/.."), "/");
+        assert_eq!(request_target("/a/..b/.c"), "/a/..b/.c");
+    }
+
+    #[test]
+    fn normal_targets_are_borrowed() {
+        for target in [
+            "/",
+            "/api/v1/products?category=polo&limit=20",
+            "/a%2Fb",
+            "*",
+        ] {
+            assert!(
+                matches!(request_target(target), Cow::Borrowed(_)),
+                "{target}"
+            );
+        }
+    }
+}
