@@ -24,6 +24,7 @@ use crate::plugin::chain::{BodyStep, Chain, Outcome};
 use crate::plugin::state::LocalResponse;
 use crate::routing::CachePolicy;
 
+use crate::config::DownstreamLimits;
 use crate::ctx::RequestCtx;
 use crate::errors;
 use crate::generation::Current;
@@ -86,6 +87,18 @@ fn client_ip(session: &Session) -> Option<String> {
         .map(|a| a.ip().to_string())
 }
 
+/// The connection's limits for this request and the wait for the next one: the keep-alive
+/// idle timeout (Pingora's default for HTTP/1.1 is to wait forever), the body read timeout,
+/// and pipelining (a second request sent before the first is answered is served in order,
+/// not dropped with the connection).
+fn downstream_limits(session: &mut Session, limits: &DownstreamLimits) {
+    if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
+    }
+    session.set_read_timeout(Some(limits.body_read_timeout));
+    session.set_pipelining_enabled(true);
+}
+
 /// Sends a plugin's local response (from a request phase: nothing was proxied).
 async fn send_local(session: &mut Session, local: LocalResponse, request_id: &str) -> Result<()> {
     let header = local_header(&local, request_id)?;
@@ -137,6 +150,12 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.metrics.in_flight.inc();
+        downstream_limits(session, &ctx.generation.config.downstream);
+        let request = session.req_header();
+        if request.version == http::Version::HTTP_11 && !request.headers.contains_key(HOST) {
+            // RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
+            return Error::e_explain(ErrorType::HTTPStatus(400), "HTTP/1.1 request without Host");
+        }
         // One spelling of the target for routing, plugins, the cache key and the origin.
         let uri = &session.req_header().uri;
         let target = uri.path_and_query().map(|p| p.as_str());

@@ -96,6 +96,17 @@ pub fn build_server(
     let proxy = edge::EdgeProxy::new(current.clone(), metrics.clone(), cache, cache_lock);
     let mut data_plane =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "edge-proxy");
+    if let Some(app) = data_plane.app_logic_mut() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        // Pingora counts reuses: a limit of N serves N + 1 requests on a connection.
+        options.keepalive_request_limit = Some(
+            config
+                .downstream
+                .max_requests_per_connection
+                .saturating_sub(1),
+        );
+        app.server_options = Some(options);
+    }
     data_plane.add_listener(
         ListenerConfig::tcp(config.listen.to_string())
             .l4_buffer(L4BufferSettings::default().write(config.server.write_buffer)),

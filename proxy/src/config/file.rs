@@ -13,6 +13,7 @@ pub use super::plugins::{PluginFile, PluginHostFile};
 pub struct FileConfig {
     pub server: ServerFile,
     pub listen: String,
+    pub downstream: DownstreamFile,
     pub admin: AdminFile,
     pub upstreams: BTreeMap<String, UpstreamFile>,
     pub routes: Vec<RouteFile>,
@@ -26,6 +27,7 @@ impl Default for FileConfig {
         Self {
             server: ServerFile::default(),
             listen: "127.0.0.1:8080".into(),
+            downstream: DownstreamFile::default(),
             admin: AdminFile::default(),
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
@@ -66,6 +68,27 @@ impl Default for ServerFile {
             upgrade_timeout: Duration::from_secs(10),
             write_buffer: DEFAULT_WRITE_BUFFER,
             work_stealing: true,
+        }
+    }
+}
+
+/// Limits on client connections.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownstreamFile {
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    pub max_requests_per_connection: u32,
+}
+
+impl Default for DownstreamFile {
+    fn default() -> Self {
+        Self {
+            keepalive_timeout: Duration::from_secs(75),
+            body_read_timeout: Duration::from_secs(60),
+            max_requests_per_connection: 1000,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 pub use config_diagnostics::{ConfigError, Problem};
 pub use file::FileConfig;
-pub use runtime::{RuntimeConfig, ServerSettings};
+pub use runtime::{DownstreamLimits, RuntimeConfig, ServerSettings};
 
 /// Reads, parses and validates a config file; relative paths resolve against its folder.
 pub fn load(path: &Path) -> Result<RuntimeConfig, ConfigError> {

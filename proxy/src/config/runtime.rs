@@ -28,10 +28,22 @@ pub struct ServerSettings {
     pub work_stealing: bool,
 }
 
+/// Limits on client connections (`downstream:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DownstreamLimits {
+    /// How long an idle keep-alive connection waits for its next request.
+    pub keepalive_timeout: Duration,
+    /// How long a request body read may wait for the next bytes.
+    pub body_read_timeout: Duration,
+    /// Requests served on one connection before it is closed (start-only).
+    pub max_requests_per_connection: u32,
+}
+
 #[derive(Debug)]
 pub struct RuntimeConfig {
     pub server: ServerSettings,
     pub listen: SocketAddr,
+    pub downstream: DownstreamLimits,
     pub admin_listen: SocketAddr,
     /// The one trust store for upstream TLS (shared so that sessions resume).
     pub upstream_ca_file: Option<PathBuf>,

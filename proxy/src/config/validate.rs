@@ -130,6 +130,22 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
         file.server.graceful_shutdown_timeout,
     );
     problems.positive("server.upgrade_timeout", file.server.upgrade_timeout);
+    let downstream = &file.downstream;
+    for (key, value) in [
+        ("downstream.keepalive_timeout", downstream.keepalive_timeout),
+        ("downstream.body_read_timeout", downstream.body_read_timeout),
+    ] {
+        if value < std::time::Duration::from_secs(1) {
+            problems.add(key, "must be at least 1s", Some("whole seconds, e.g. 75s"));
+        }
+    }
+    if downstream.max_requests_per_connection == 0 {
+        problems.add(
+            "downstream.max_requests_per_connection",
+            "must be at least 1",
+            Some("NGINX's keepalive_requests default is 1000"),
+        );
+    }
 
     let mut ca_files = BTreeSet::new();
     let upstreams: HashMap<String, Arc<Upstream>> = file
@@ -268,6 +284,11 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                 work_stealing: file.server.work_stealing,
             },
             listen,
+            downstream: super::runtime::DownstreamLimits {
+                keepalive_timeout: downstream.keepalive_timeout,
+                body_read_timeout: downstream.body_read_timeout,
+                max_requests_per_connection: downstream.max_requests_per_connection,
+            },
             admin_listen,
             upstream_ca_file: ca_files.into_iter().next(),
             keepalive_pool_size: file.upstreams.values().map(|u| u.pool_size).sum(),

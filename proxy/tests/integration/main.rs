@@ -9,6 +9,7 @@ mod auth_plugin;
 mod cache;
 mod cli;
 mod common;
+mod downstream;
 mod hygiene;
 mod metrics_plugin;
 mod operations;
