@@ -517,9 +517,12 @@ impl Chain {
             match self.body_call(plugin, index, kind, request, data, end_of_stream) {
                 Ok((Action::Pause, held)) if !end_of_stream => {
                     let link = &mut self.links[index];
+                    // The buffer's own allocation comes back (no copy of all held so far per
+                    // chunk, which made buffering quadratic) when nothing else shares it.
+                    let held = Vec::from(held);
                     match kind {
-                        BodyKind::Request => link.request_buffer = Some(held.to_vec()),
-                        BodyKind::Response => link.response_buffer = Some(held.to_vec()),
+                        BodyKind::Request => link.request_buffer = Some(held),
+                        BodyKind::Response => link.response_buffer = Some(held),
                     }
                     return Ok(BodyStep::Hold);
                 }

@@ -186,8 +186,19 @@ async fn auth_runs_before_the_cache_and_jwt_users_still_get_hits() {
     // The verified Authorization is not forwarded, so the response is shareable.
     let second = echo_get(&p, path, &[("x-api-key", DEV_KEY)]).await;
     assert_eq!(second.headers()["x-cache"], "HIT");
-    // A cached page is still refused without credentials.
+    // An API key sent as `Authorization: Bearer` is verified and removed too: a hit.
+    let bearer_key = format!("Bearer {DEV_KEY}");
+    let third = echo_get(&p, path, &[("authorization", &bearer_key)]).await;
+    assert_eq!(third.headers()["x-cache"], "HIT");
+    // A cached page is still refused without credentials, or with a wrong one.
     assert_401(echo_get(&p, path, &[]).await, "credentials required").await;
+    let wrong = echo_get(
+        &p,
+        path,
+        &[("authorization", "Bearer not-a-key-0123456789")],
+    )
+    .await;
+    assert_eq!(wrong.status(), 401);
     // Public catalog paths need none.
     let categories = echo_get(&p, "/api/v1/categories", &[]).await;
     assert_eq!(categories.status(), 200);
