@@ -49,6 +49,7 @@ fn spec(name: &str, wasm: &str, config: serde_json::Value) -> PluginSpec {
         failure_mode: FailureMode::Closed,
         vms: 1,
         memory_bytes: 64 << 20,
+        max_body_bytes: 8 << 20,
         cpu_deadline: Duration::from_millis(100),
         allowed_upstreams: Vec::new(),
     }

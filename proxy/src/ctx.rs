@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::generation::Generation;
 use crate::plugin::chain::Chain;
+use crate::plugin::state::LocalResponse;
 use crate::routing::Route;
 
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct RequestCtx {
     pub chain: Option<Chain>,
     /// A plugin's local response from a response phase: its body replaces the upstream's.
     pub replacement_body: Option<bytes::Bytes>,
+    /// The answer for a plugin failure in a body phase (sent if no head went out yet).
+    pub plugin_failure: Option<LocalResponse>,
 }
 
 impl RequestCtx {
@@ -35,6 +38,7 @@ impl RequestCtx {
             cache_result: "BYPASS",
             chain: None,
             replacement_body: None,
+            plugin_failure: None,
         }
     }
 

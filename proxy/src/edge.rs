@@ -99,6 +99,17 @@ fn downstream_limits(session: &mut Session, limits: &DownstreamLimits) {
     session.set_pipelining_enabled(true);
 }
 
+/// A body phase's plugin failure (or a body held beyond a plugin's limit) ends the request:
+/// `fail_to_proxy` sends `answer` if the response head has not gone out yet, and otherwise
+/// the connection is closed with the body unterminated, so the client sees an error rather
+/// than a complete-looking truncated response.
+fn plugin_body_failure<T>(ctx: &mut RequestCtx, answer: LocalResponse) -> Result<T> {
+    let status = answer.status;
+    let details = answer.details.clone();
+    ctx.plugin_failure = Some(answer);
+    Error::e_explain(ErrorType::HTTPStatus(status), details)
+}
+
 /// Sends a plugin's local response (from a request phase: nothing was proxied).
 async fn send_local(session: &mut Session, local: LocalResponse, request_id: &str) -> Result<()> {
     let header = local_header(&local, request_id)?;
@@ -124,6 +135,33 @@ fn local_header(local: &LocalResponse, request_id: &str) -> Result<ResponseHeade
     header.insert_header(http::header::CONTENT_LENGTH, local.body.len().to_string())?;
     header.insert_header("x-request-id", request_id)?;
     Ok(header)
+}
+
+/// A plugin body failure's answer when nothing was sent yet; the connection is not reused.
+async fn send_plugin_failure(
+    session: &mut Session,
+    answer: LocalResponse,
+    request_id: &str,
+) -> FailToProxy {
+    let status = answer.status;
+    if session.response_written().is_none() {
+        let sent = match local_header(&answer, request_id) {
+            Ok(header) => {
+                session
+                    .as_downstream_mut()
+                    .write_error_response(header, Bytes::from(answer.body))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(err) = sent {
+            tracing::debug!(%err, "could not send the plugin failure response");
+        }
+    }
+    FailToProxy {
+        error_code: status,
+        can_reuse_downstream: false,
+    }
 }
 
 async fn respond_json(session: &mut Session, status: u16, code: &str, message: &str) -> Result<()> {
@@ -477,12 +515,7 @@ impl ProxyHttp for EdgeProxy {
         ) {
             Ok(BodyStep::Forward(bytes)) => *body = Some(bytes),
             Ok(BodyStep::Hold) => *body = Some(Bytes::new()),
-            Err(why) => {
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(503),
-                    format!("plugin failed: {why}"),
-                )
-            }
+            Err(answer) => return plugin_body_failure(ctx, answer),
         }
         Ok(())
     }
@@ -512,12 +545,7 @@ impl ProxyHttp for EdgeProxy {
         ) {
             Ok(BodyStep::Forward(bytes)) => *body = (!bytes.is_empty()).then_some(bytes),
             Ok(BodyStep::Hold) => *body = None,
-            Err(why) => {
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(503),
-                    format!("plugin failed: {why}"),
-                )
-            }
+            Err(answer) => return plugin_body_failure(ctx, answer),
         }
         Ok(None)
     }
@@ -529,6 +557,9 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(answer) = ctx.plugin_failure.take() {
+            return send_plugin_failure(session, answer, &ctx.request_id).await;
+        }
         let status = errors::status_for(e);
         let upstream = ctx.route.as_ref().map_or("-", |r| r.upstream.name.as_str());
         let (code, message) = if errors::is_upstream(e) {

@@ -2,7 +2,8 @@
 //! host's integration tests. The request header `x-probe` picks a behaviour:
 //! `deny` (local 403), `trap` (panic), `loop` (spins past the CPU deadline), `bomb` (allocates
 //! past the memory cap), `count` (CAS increment of shared data), `callout` (asks the `authz`
-//! upstream, 200 resumes and 403 denies), `callout-unknown` (an upstream not allowed). With
+//! upstream, 200 resumes and 403 denies), `callout-unknown` (an upstream not allowed),
+//! `hold-then-trap` (buffers the response body, then traps at its end). With
 //! `tick_ms` in its config the root context ticks (and, with `tick_callout`, calls out).
 //! Every request also gets header edits both ways, config and property round trips, a metric.
 
@@ -293,6 +294,13 @@ impl HttpContext for Probe {
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
         if self.probe == "stream-body" {
             self.stream(1, size, end_of_stream);
+        }
+        if self.probe == "hold-then-trap" {
+            // Buffers the whole body, then fails with the head already sent.
+            if end_of_stream {
+                panic!("conformance: failing after holding the response body");
+            }
+            return Action::Pause;
         }
         if self.probe != "rewrite-response" && self.probe != "hold-response" {
             return Action::Continue;

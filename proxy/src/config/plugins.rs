@@ -40,6 +40,8 @@ pub struct PluginFile {
 pub struct PluginLimitsFile {
     /// Linear memory cap of each VM, in bytes.
     pub memory_bytes: u64,
+    /// Largest body the host holds for the plugin while it buffers (pauses a body callback).
+    pub max_body_bytes: u64,
     /// CPU deadline of each call into the plugin.
     #[serde(with = "humantime_serde")]
     pub cpu_deadline: Duration,
@@ -49,6 +51,7 @@ impl Default for PluginLimitsFile {
     fn default() -> Self {
         Self {
             memory_bytes: 64 * 1024 * 1024,
+            max_body_bytes: 8 * 1024 * 1024,
             cpu_deadline: Duration::from_millis(100),
         }
     }
@@ -189,6 +192,13 @@ pub(super) fn validate(
             );
         }
         problems.positive(&at("limits.cpu_deadline"), p.limits.cpu_deadline);
+        if p.limits.max_body_bytes == 0 {
+            problems.add(
+                at("limits.max_body_bytes"),
+                "must be at least 1",
+                Some("bodies a plugin buffers beyond it are refused: 413 for requests, 502 for responses"),
+            );
+        }
         for (j, upstream) in p.allowed_upstreams.iter().enumerate() {
             if !upstreams.contains(upstream.as_str()) {
                 let known: Vec<&str> = upstreams.iter().copied().collect();
@@ -207,6 +217,7 @@ pub(super) fn validate(
             failure_mode: p.failure_mode,
             vms: vms.clamp(1, 64),
             memory_bytes: p.limits.memory_bytes,
+            max_body_bytes: usize::try_from(p.limits.max_body_bytes).unwrap_or(usize::MAX),
             cpu_deadline: p.limits.cpu_deadline,
             allowed_upstreams: p.allowed_upstreams.clone(),
         });

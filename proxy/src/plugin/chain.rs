@@ -125,6 +125,27 @@ fn failed_response(plugin: &str, why: &str) -> LocalResponse {
     }
 }
 
+/// A plugin buffered more of a body than its `limits.max_body_bytes`: 413 for a request body
+/// (the client sent too much), 502 for a response body (the upstream's answer cannot be
+/// filtered).
+fn body_too_large(plugin: &str, kind: BodyKind, limit: usize) -> LocalResponse {
+    let (status, code, what) = match kind {
+        BodyKind::Request => (413, "body_too_large", "request"),
+        BodyKind::Response => (502, "response_too_large", "response"),
+    };
+    let body = serde_json::json!({
+        "error": {"code": code, "message": format!(
+            "plugin `{plugin}` buffers the {what} body and it exceeds limits.max_body_bytes ({limit} bytes)"
+        )}
+    });
+    LocalResponse {
+        status,
+        details: format!("{code}:{plugin}"),
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: body.to_string().into_bytes(),
+    }
+}
+
 /// Why a request's plugin context is gone.
 const REBUILT: &str = "its VM was rebuilt while the request was in flight";
 
@@ -452,7 +473,7 @@ impl Chain {
         request: &mut RequestHeader,
         chunk: Option<Bytes>,
         end_of_stream: bool,
-    ) -> Result<BodyStep, String> {
+    ) -> Result<BodyStep, LocalResponse> {
         self.body(plugins, BodyKind::Request, request, chunk, end_of_stream)
     }
 
@@ -463,7 +484,7 @@ impl Chain {
         request: &mut RequestHeader,
         chunk: Option<Bytes>,
         end_of_stream: bool,
-    ) -> Result<BodyStep, String> {
+    ) -> Result<BodyStep, LocalResponse> {
         self.body(plugins, BodyKind::Response, request, chunk, end_of_stream)
     }
 
@@ -471,8 +492,9 @@ impl Chain {
     /// the stream buffers (it sees the whole body so far at each call, and the rest of the
     /// chain sees nothing until it continues); what a plugin writes with
     /// `proxy_set_buffer_bytes` is what the next one sees. Each plugin is told the end of stream
-    /// once (see [`BodyProgress`]). Callouts are not run from body callbacks. `Err` is a
-    /// `closed` plugin's failure: the request must be aborted.
+    /// once (see [`BodyProgress`]). Callouts are not run from body callbacks. `Err` is the
+    /// answer for a `closed` plugin's failure, or for a body held beyond the plugin's
+    /// `limits.max_body_bytes` (any failure mode): the request must be aborted.
     fn body(
         &mut self,
         plugins: &[Arc<RunningPlugin>],
@@ -480,7 +502,7 @@ impl Chain {
         request: &mut RequestHeader,
         chunk: Option<Bytes>,
         end_of_stream: bool,
-    ) -> Result<BodyStep, String> {
+    ) -> Result<BodyStep, LocalResponse> {
         let mut data = chunk.unwrap_or_default();
         let buffering = self.links.iter().any(|l| match kind {
             BodyKind::Request => l.request_buffer.is_some(),
@@ -520,6 +542,11 @@ impl Chain {
                     // The buffer's own allocation comes back (no copy of all held so far per
                     // chunk, which made buffering quadratic) when nothing else shares it.
                     let held = Vec::from(held);
+                    let limit = plugin.spec.max_body_bytes;
+                    if held.len() > limit {
+                        tracing::warn!(plugin = %plugin.name(), limit, "plugin's buffered body exceeds limits.max_body_bytes");
+                        return Err(body_too_large(plugin.name(), kind, limit));
+                    }
                     match kind {
                         BodyKind::Request => link.request_buffer = Some(held),
                         BodyKind::Response => link.response_buffer = Some(held),
@@ -529,8 +556,8 @@ impl Chain {
                 Ok((_, passed)) => data = passed,
                 Err((why, passed)) => {
                     data = passed;
-                    if self.fail(plugin, index, &why).is_some() {
-                        return Err(why);
+                    if let Some(answer) = self.fail(plugin, index, &why) {
+                        return Err(answer);
                     }
                 }
             }

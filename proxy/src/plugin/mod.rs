@@ -46,6 +46,8 @@ pub struct PluginSpec {
     pub failure_mode: FailureMode,
     pub vms: usize,
     pub memory_bytes: u64,
+    /// Largest body held for the plugin while it buffers.
+    pub max_body_bytes: usize,
     pub cpu_deadline: Duration,
     pub allowed_upstreams: Vec<String>,
 }

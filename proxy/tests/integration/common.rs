@@ -109,7 +109,8 @@ pub fn read_metric(text: &str, series: &str) -> f64 {
 
 /// A plain-HTTP upstream answering every request with its method, path, headers and body as JSON.
 /// Query parameters `h-<name>=<value>` become response headers, `status=<code>` sets the
-/// status, `chunked=1` sends the body in two chunks (no Content-Length); `hits` counts requests.
+/// status, `chunked=1` sends the body in two chunks (no Content-Length), `big=N` sends N bytes
+/// of `x` instead (chunked); `hits` counts requests.
 pub struct Echo {
     pub addr: SocketAddr,
     pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -159,8 +160,23 @@ pub async fn start_counting_echo() -> Echo {
                         });
                         let query = req.uri.query().unwrap_or_default().to_string();
                         let body = bytes::Bytes::from(body.to_string());
+                        let big = form_urlencoded_pairs(&query)
+                            .into_iter()
+                            .find(|(k, _)| k == "big")
+                            .map(|(_, n)| n.parse::<usize>().unwrap());
+                        // `big=N`: N bytes of `x` in 64 KiB frames (chunked);
                         // `chunked=1`: the body in two frames, so it goes out chunked.
-                        let mut response = if query.contains("chunked=1") {
+                        let mut response = if let Some(size) = big {
+                            let frames = (0..size.div_ceil(65536)).map(move |i| {
+                                let len = 65536.min(size - i * 65536);
+                                Ok::<_, Infallible>(hyper::body::Frame::data(bytes::Bytes::from(
+                                    vec![b'x'; len],
+                                )))
+                            });
+                            http::Response::new(BodyExt::boxed(http_body_util::StreamBody::new(
+                                futures::stream::iter(frames),
+                            )))
+                        } else if query.contains("chunked=1") {
                             let half = body.len() / 2;
                             let frames = [body.slice(..half), body.slice(half..)]
                                 .map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));

@@ -24,7 +24,7 @@ fn start_with(echo: SocketAddr, vms: usize, ticks: bool) -> Proxy {
              admin: {{ listen: 127.0.0.1:{admin} }}\n\
              upstreams:\n  echo: {{ addresses: [{echo}] }}\n  authz: {{ addresses: [{echo}] }}\n\
              plugins:\n\
-             \x20 - name: probe\n    module: {wasm}\n    config: {{ greeting: hello }}\n    vms: {vms}\n    allowed_upstreams: [authz]\n    limits: {{ memory_bytes: 33554432, cpu_deadline: 50ms }}\n\
+             \x20 - name: probe\n    module: {wasm}\n    config: {{ greeting: hello }}\n    vms: {vms}\n    allowed_upstreams: [authz]\n    limits: {{ memory_bytes: 33554432, cpu_deadline: 50ms, max_body_bytes: 1048576 }}\n\
              \x20 - name: probe-open\n    module: {wasm}\n    failure_mode: open\n    limits: {{ memory_bytes: 33554432, cpu_deadline: 50ms }}\n\
              \x20 - name: ticker\n    module: {wasm}\n    config: {{ tick_ms: {tick_ms}, tick_callout: true }}\n    vms: 1\n    allowed_upstreams: [authz]\n\
              routes:\n\
@@ -349,6 +349,7 @@ fn bad_modules_and_rejected_configs_are_named() {
         failure_mode: FailureMode::Closed,
         vms: 1,
         memory_bytes: 32 << 20,
+        max_body_bytes: 8 << 20,
         cpu_deadline: std::time::Duration::from_millis(100),
         allowed_upstreams: Vec::new(),
     };
@@ -414,4 +415,113 @@ fn wat_module() -> Vec<u8> {
     // code section: one empty body
     m.extend([0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b]);
     m
+}
+
+/// Regression: a plugin that held the response body and then failed gave the client a generic
+/// error, or a `200` head whose chunked body is never terminated. Now: before the head goes out,
+/// the failure mode's 503 naming the plugin; after it, the connection is closed with the body
+/// unterminated, which every client reads as an error, never as a complete response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_failing_while_holding_a_body_answers_503_or_aborts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = start_counting_echo().await;
+    let p = start(echo.addr, 1);
+    for framing in ["chunked=1", "plain=1", "big=900000"] {
+        let mut tcp = tokio::net::TcpStream::connect(p.base.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /closed/held?{framing} HTTP/1.1\r\nHost: localhost\r\nx-probe: hold-then-trap\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut raw))
+                .await;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        assert!(
+            read.is_ok(),
+            "{framing}: the connection stayed open: {text}"
+        );
+        if text.starts_with("HTTP/1.1 503") {
+            assert!(
+                text.contains("\"code\":\"plugin_failed\""),
+                "{framing}: {text}"
+            );
+            assert!(text.contains("plugin `probe` failed"), "{framing}: {text}");
+            continue;
+        }
+        assert!(text.starts_with("HTTP/1.1 200"), "{framing}: {text:.300}");
+        assert!(
+            !text.ends_with("0\r\n\r\n"),
+            "{framing}: a failed body must not be terminated as complete: {text:.300}"
+        );
+        // What a client library makes of it: an error, not a body.
+        let url = p.url(&format!("/closed/held?{framing}"));
+        let response = p
+            .http
+            .get(url)
+            .header("x-probe", "hold-then-trap")
+            .send()
+            .await;
+        if let Ok(response) = response {
+            assert!(
+                response.bytes().await.is_err(),
+                "{framing}: read as complete"
+            );
+        }
+    }
+    p.stop().await;
+}
+
+/// A plugin buffering a body past its `limits.max_body_bytes` (1 MiB here): 413 for a request
+/// body, 502 (or an aborted response, if the head went out) for a response body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_held_beyond_the_plugin_limit_are_refused() {
+    let echo = start_counting_echo().await;
+    let p = start(echo.addr, 1);
+    let hits = echo.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let response = p
+        .http
+        .post(p.url("/closed/upload"))
+        .header("x-probe", "rewrite-request")
+        .body(vec![b'x'; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "body_too_large");
+    // Under the limit, the same plugin still buffers and rewrites.
+    let ok = p
+        .http
+        .post(p.url("/closed/upload"))
+        .header("x-probe", "rewrite-request")
+        .body(vec![b'x'; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let response = p
+        .http
+        .get(p.url("/closed/big?big=3000000"))
+        .header("x-probe", "hold-response")
+        .send()
+        .await;
+    match response {
+        Ok(r) if r.status() == 502 => {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "response_too_large");
+        }
+        Ok(r) => {
+            assert_eq!(r.status(), 200);
+            assert!(
+                r.bytes().await.is_err(),
+                "a held response past the limit read as complete"
+            );
+        }
+        Err(_) => {}
+    }
+    assert!(echo.hits.load(std::sync::atomic::Ordering::SeqCst) >= hits + 2);
+    p.stop().await;
 }
