@@ -25,6 +25,8 @@ pub struct RequestCtx {
     pub replacement_body: Option<bytes::Bytes>,
     /// The answer for a plugin failure in a body phase (sent if no head went out yet).
     pub plugin_failure: Option<LocalResponse>,
+    /// Why the request's framing was refused (sent by `fail_to_proxy`).
+    pub refusal: Option<crate::framing::Refusal>,
 }
 
 impl RequestCtx {
@@ -39,6 +41,7 @@ impl RequestCtx {
             chain: None,
             replacement_body: None,
             plugin_failure: None,
+            refusal: None,
         }
     }
 

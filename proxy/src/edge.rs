@@ -27,6 +27,7 @@ use crate::routing::CachePolicy;
 use crate::config::DownstreamLimits;
 use crate::ctx::RequestCtx;
 use crate::errors;
+use crate::framing;
 use crate::generation::Current;
 use crate::hygiene;
 use crate::metrics::Metrics;
@@ -110,6 +111,23 @@ fn plugin_body_failure<T>(ctx: &mut RequestCtx, answer: LocalResponse) -> Result
     Error::e_explain(ErrorType::HTTPStatus(status), details)
 }
 
+/// `Expect: 100-continue`: the request passed the plugins (a refusal went out instead of a
+/// 100, so the client never sent its body for nothing): the proxy answers `100 Continue`
+/// itself and the expectation, met, is not forwarded.
+async fn continue_if_expected(session: &mut Session) -> Result<()> {
+    if framing::expectation(session.req_header()) != framing::Expectation::Continue {
+        return Ok(());
+    }
+    session
+        .req_header_mut()
+        .remove_header(&http::header::EXPECT);
+    let interim = ResponseHeader::build(100, Some(0))?;
+    session
+        .as_downstream_mut()
+        .write_response_header(Box::new(interim))
+        .await
+}
+
 /// Sends a plugin's local response (from a request phase: nothing was proxied).
 async fn send_local(session: &mut Session, local: LocalResponse, request_id: &str) -> Result<()> {
     let header = local_header(&local, request_id)?;
@@ -144,7 +162,10 @@ async fn send_plugin_failure(
     request_id: &str,
 ) -> FailToProxy {
     let status = answer.status;
-    if session.response_written().is_none() {
+    let head_sent = session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational());
+    if !head_sent {
         let sent = match local_header(&answer, request_id) {
             Ok(header) => {
                 session
@@ -189,10 +210,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         self.metrics.in_flight.inc();
         downstream_limits(session, &ctx.generation.config.downstream);
-        let request = session.req_header();
-        if request.version == http::Version::HTTP_11 && !request.headers.contains_key(HOST) {
-            // RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
-            return Error::e_explain(ErrorType::HTTPStatus(400), "HTTP/1.1 request without Host");
+        if let Err(refusal) = framing::check(session.req_header_mut()) {
+            ctx.refusal = Some(refusal.clone());
+            return Error::e_explain(ErrorType::HTTPStatus(refusal.status), refusal.message);
         }
         // One spelling of the target for routing, plugins, the cache key and the origin.
         let uri = &session.req_header().uri;
@@ -232,10 +252,11 @@ impl ProxyHttp for EdgeProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if ctx.route.is_some() {
             let Some(chain) = ctx.chain.as_mut() else {
+                continue_if_expected(session).await?;
                 return Ok(false);
             };
             let callouts = &ctx.generation.plugins.callouts;
-            return match chain
+            if let Outcome::Respond(local) = chain
                 .request_headers(
                     &ctx.generation.plugins.host.plugins,
                     session.req_header_mut(),
@@ -243,12 +264,11 @@ impl ProxyHttp for EdgeProxy {
                 )
                 .await
             {
-                Outcome::Continue => Ok(false),
-                Outcome::Respond(local) => {
-                    send_local(session, local, &ctx.request_id).await?;
-                    Ok(true)
-                }
-            };
+                send_local(session, local, &ctx.request_id).await?;
+                return Ok(true);
+            }
+            continue_if_expected(session).await?;
+            return Ok(false);
         }
         let path = session.req_header().uri.path().to_string();
         respond_json(
@@ -559,6 +579,24 @@ impl ProxyHttp for EdgeProxy {
     ) -> FailToProxy {
         if let Some(answer) = ctx.plugin_failure.take() {
             return send_plugin_failure(session, answer, &ctx.request_id).await;
+        }
+        if let Some(refusal) = ctx.refusal.take() {
+            let sent = match errors::json_error(refusal.status, refusal.code, refusal.message) {
+                Ok((header, body)) => {
+                    session
+                        .as_downstream_mut()
+                        .write_error_response(header, body)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(err) = sent {
+                tracing::debug!(%err, "could not send the refusal");
+            }
+            return FailToProxy {
+                error_code: refusal.status,
+                can_reuse_downstream: false,
+            };
         }
         let status = errors::status_for(e);
         let upstream = ctx.route.as_ref().map_or("-", |r| r.upstream.name.as_str());

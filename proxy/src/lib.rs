@@ -10,6 +10,7 @@ pub mod config;
 pub mod ctx;
 pub mod edge;
 pub mod errors;
+pub mod framing;
 pub mod generation;
 pub mod hygiene;
 pub mod metrics;

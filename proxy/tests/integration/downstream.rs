@@ -136,3 +136,142 @@ async fn a_connection_serves_at_most_max_requests_per_connection() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     p.stop().await;
 }
+
+/// An upstream that records each request head and body it receives (raw) and answers `ok`.
+async fn start_capture() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut text = String::new();
+                loop {
+                    let Ok(n) = tcp.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    // Heads here carry a 5-byte body, or none for GET.
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let wants_body = head.to_ascii_lowercase().contains("content-length: 5")
+                        || head
+                            .to_ascii_lowercase()
+                            .contains("transfer-encoding: chunked");
+                    if wants_body && body.len() < 5 {
+                        continue;
+                    }
+                    record.lock().unwrap().push(text.clone());
+                    text.clear();
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn start_with_capture() -> (Proxy, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let (upstream, seen) = start_capture().await;
+    let p = Proxy::start(move |dir| {
+        proxy_yaml(
+            dir,
+            &format!("  capture: {{ addresses: [{upstream}] }}"),
+            "  - { name: capture, path_prefix: /, upstream: capture }",
+        )
+    });
+    (p, seen)
+}
+
+/// Regression: `Transfer-Encoding: gzip, chunked` lost its gzip coding on the way up; an
+/// identical duplicate `Content-Length` was forwarded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_codings_are_refused_and_duplicate_lengths_collapse() {
+    let (p, seen) = start_with_capture().await;
+    let mut tcp = connect(&p).await;
+    tcp.write_all(
+        b"POST /gz HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (text, _) = read_until(&mut tcp, Duration::from_secs(10), |t| {
+        t.contains("\r\n\r\n")
+    })
+    .await;
+    assert!(text.starts_with("HTTP/1.1 501"), "{text}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing may reach the upstream"
+    );
+
+    let mut tcp = connect(&p).await;
+    tcp.write_all(
+        b"POST /twice HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    let (text, _) = read_until(&mut tcp, Duration::from_secs(10), |t| t.ends_with("ok")).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let forwarded = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        forwarded
+            .to_ascii_lowercase()
+            .matches("content-length:")
+            .count(),
+        1,
+        "{forwarded}"
+    );
+    p.stop().await;
+}
+
+/// Regression: `Expect: 100-continue` got no `100 Continue`, so the client waited (curl for a
+/// second) before sending its body. The proxy now answers it, once the plugins let the request
+/// through, and does not forward the met expectation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_before_the_body() {
+    let (p, seen) = start_with_capture().await;
+    let mut tcp = connect(&p).await;
+    tcp.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (interim, closed) =
+        read_until(&mut tcp, Duration::from_secs(3), |t| t.contains("\r\n\r\n")).await;
+    assert!(
+        !closed && interim.starts_with("HTTP/1.1 100"),
+        "no 100 Continue: {interim:?}"
+    );
+    tcp.write_all(b"hello").await.unwrap();
+    let (text, _) = read_until(&mut tcp, Duration::from_secs(10), |t| t.ends_with("ok")).await;
+    assert!(text.contains("HTTP/1.1 200"), "{text}");
+    let forwarded = seen.lock().unwrap().last().cloned().unwrap();
+    assert!(forwarded.ends_with("hello"), "{forwarded}");
+    assert!(
+        !forwarded.to_ascii_lowercase().contains("expect:"),
+        "{forwarded}"
+    );
+    // An expectation the proxy cannot meet: 417.
+    let mut tcp = connect(&p).await;
+    tcp.write_all(b"GET /odd HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, _) = read_until(&mut tcp, Duration::from_secs(10), |t| {
+        t.contains("\r\n\r\n")
+    })
+    .await;
+    assert!(text.starts_with("HTTP/1.1 417"), "{text}");
+    p.stop().await;
+}
