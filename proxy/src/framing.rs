@@ -57,7 +57,7 @@ pub fn check(request: &mut RequestHeader) -> Result<(), Refusal> {
         .cloned()
         .collect();
     if lengths.len() > 1 {
-        if lengths.iter().any(|v| v != &lengths[0]) {
+        if lengths.iter().any(|v| *v != lengths[0]) {
             return Err(refuse(
                 400,
                 "bad_content_length",
