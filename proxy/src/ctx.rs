@@ -25,6 +25,8 @@ pub struct RequestCtx {
     pub replacement_body: Option<bytes::Bytes>,
     /// The answer for a plugin failure in a body phase (sent if no head went out yet).
     pub plugin_failure: Option<LocalResponse>,
+    /// When the request went upstream (the start of the upstream's response deadline).
+    pub upstream_sent: Option<Instant>,
     /// Why the request's framing was refused (sent by `fail_to_proxy`).
     pub refusal: Option<crate::framing::Refusal>,
 }
@@ -42,6 +44,7 @@ impl RequestCtx {
             replacement_body: None,
             plugin_failure: None,
             refusal: None,
+            upstream_sent: None,
         }
     }
 

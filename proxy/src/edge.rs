@@ -111,6 +111,24 @@ fn plugin_body_failure<T>(ctx: &mut RequestCtx, answer: LocalResponse) -> Result
     Error::e_explain(ErrorType::HTTPStatus(status), details)
 }
 
+/// An upstream answer still arriving after its `response_timeout`: a read timeout (504 if no
+/// head was sent, else the response is aborted).
+fn response_deadline(ctx: &RequestCtx) -> Result<()> {
+    let (Some(sent), Some(route)) = (ctx.upstream_sent, ctx.route.as_ref()) else {
+        return Ok(());
+    };
+    let limit = route.upstream.settings.response_timeout;
+    if sent.elapsed() <= limit {
+        return Ok(());
+    }
+    let mut error = Error::explain(
+        ErrorType::ReadTimedout,
+        format!("upstream response exceeded response_timeout ({limit:?})"),
+    );
+    error.as_up();
+    Err(error)
+}
+
 /// `Expect: 100-continue`: the request passed the plugins (a refusal went out instead of a
 /// 100, so the client never sent its body for nothing): the proxy answers `100 Continue`
 /// itself and the expectation, met, is not forwarded.
@@ -423,6 +441,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.upstream_sent = Some(std::time::Instant::now());
         let listed = hygiene::connection_listed(&upstream_request.headers);
         for name in hygiene::HOP_BY_HOP.iter().chain(&listed) {
             upstream_request.remove_header(name);
@@ -467,8 +486,9 @@ impl ProxyHttp for EdgeProxy {
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        response_deadline(ctx)?;
         let listed = hygiene::connection_listed(&response.headers);
         for name in hygiene::HOP_BY_HOP.iter().chain(&listed) {
             response.remove_header(name);
@@ -513,6 +533,19 @@ impl ProxyHttp for EdgeProxy {
             response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
         Ok(())
+    }
+
+    /// The upstream's response deadline, checked as each chunk arrives (a read waits at most
+    /// `read_timeout`, so a trickling upstream is cut within that of the deadline).
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        response_deadline(ctx)?;
+        Ok(None)
     }
 
     /// Request body chunks through the plugins' `on_request_body` (buffered while one pauses).

@@ -70,6 +70,7 @@ mod tests {
             total_connect_timeout: d,
             read_timeout: d,
             write_timeout: d,
+            response_timeout: d,
             tcp_keepalive: None,
         };
         Route {

@@ -128,6 +128,8 @@ pub struct UpstreamFile {
     pub read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
 }
 
 impl Default for UpstreamFile {
@@ -143,6 +145,7 @@ impl Default for UpstreamFile {
             total_connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(30),
         }
     }
 }

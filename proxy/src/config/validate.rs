@@ -62,6 +62,7 @@ fn upstream(
     problems.positive(&at("total_connect_timeout"), file.total_connect_timeout);
     problems.positive(&at("read_timeout"), file.read_timeout);
     problems.positive(&at("write_timeout"), file.write_timeout);
+    problems.positive(&at("response_timeout"), file.response_timeout);
     if file.total_connect_timeout < file.connect_timeout {
         problems.add(
             at("total_connect_timeout"),
@@ -87,6 +88,7 @@ fn upstream(
             total_connect_timeout: file.total_connect_timeout,
             read_timeout: file.read_timeout,
             write_timeout: file.write_timeout,
+            response_timeout: file.response_timeout,
             tcp_keepalive: file
                 .tcp_keepalive
                 .as_ref()

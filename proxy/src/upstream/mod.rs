@@ -18,6 +18,9 @@ pub struct PeerSettings {
     pub total_connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// Whole response (head and body) from the moment the request is sent; read_timeout only
+    /// bounds each read, so a trickling upstream could hold a request forever.
+    pub response_timeout: Duration,
     /// (idle, interval, count)
     pub tcp_keepalive: Option<(Duration, Duration, usize)>,
 }

@@ -1,5 +1,6 @@
-//! Client connections on the raw wire: pipelining, a missing Host, the keep-alive idle timeout
-//! and the request cap per connection (`downstream:`).
+//! Client connections on the raw wire: pipelining, a missing Host, transfer codings, repeated
+//! lengths, `Expect`, the keep-alive idle timeout and the request cap per connection
+//! (`downstream:`); and an upstream's total response deadline.
 
 use std::time::{Duration, Instant};
 
@@ -273,5 +274,48 @@ async fn expect_100_continue_is_answered_before_the_body() {
     })
     .await;
     assert!(text.starts_with("HTTP/1.1 417"), "{text}");
+    p.stop().await;
+}
+
+/// Regression: an upstream sending one byte every 2 s kept a request alive for 24 s despite a
+/// 3 s read timeout. `response_timeout` bounds the whole response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_upstream_is_cut_at_its_response_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n")
+                    .await;
+                for _ in 0..40 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if tcp.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let p = Proxy::start(move |dir| {
+        proxy_yaml(
+            dir,
+            &format!(
+                "  slow: {{ addresses: [{upstream}], read_timeout: 1s, response_timeout: 2s }}"
+            ),
+            "  - { name: slow, path_prefix: /, upstream: slow }",
+        )
+    });
+    let started = Instant::now();
+    let outcome = match p.http.get(p.url("/trickle")).send().await {
+        Ok(response) => response.bytes().await.map(|b| b.len()),
+        Err(e) => Err(e),
+    };
+    let took = started.elapsed();
+    assert!(outcome.is_err(), "a 12 s trickle completed: {outcome:?}");
+    assert!(took < Duration::from_secs(6), "cut only after {took:?}");
     p.stop().await;
 }
