@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod ctx;
 pub mod edge;
 pub mod errors;
@@ -95,19 +96,22 @@ pub fn build_server(
     let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl =
         Box::leak(pingora::cache::lock::CacheLock::new_boxed(CACHE_LOCK_AGE));
     let proxy = edge::EdgeProxy::new(current.clone(), metrics.clone(), cache, cache_lock);
-    let mut data_plane =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "edge-proxy");
-    if let Some(app) = data_plane.app_logic_mut() {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        // Pingora counts reuses: a limit of N serves N + 1 requests on a connection.
-        options.keepalive_request_limit = Some(
-            config
-                .downstream
-                .max_requests_per_connection
-                .saturating_sub(1),
-        );
-        app.server_options = Some(options);
-    }
+    let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
+    let mut options = pingora::apps::HttpServerOptions::default();
+    // Pingora counts reuses: a limit of N serves N + 1 requests on a connection.
+    options.keepalive_request_limit = Some(
+        config
+            .downstream
+            .max_requests_per_connection
+            .saturating_sub(1),
+    );
+    http.server_options = Some(options);
+    let gate = connections::ConnectionGate::new(config.downstream.max_connections, metrics.clone());
+    let mut data_plane = Service::new(
+        "edge-proxy".to_string(),
+        connections::Counted::new(http, gate.clone()),
+    );
+    data_plane.set_connection_filter(Arc::new(connections::GateFilter(gate)));
     data_plane.add_listener(
         ListenerConfig::tcp(config.listen.to_string())
             .l4_buffer(L4BufferSettings::default().write(config.server.write_buffer)),

@@ -164,6 +164,12 @@ pub fn restart_only_changes(running: &RuntimeConfig, file: &RuntimeConfig) -> Ve
     changed(&mut out, "server.threads", &a.threads, &b.threads);
     changed(
         &mut out,
+        "downstream.max_connections",
+        &running.downstream.max_connections,
+        &file.downstream.max_connections,
+    );
+    changed(
+        &mut out,
         "downstream.max_requests_per_connection",
         &running.downstream.max_requests_per_connection,
         &file.downstream.max_requests_per_connection,

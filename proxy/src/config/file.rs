@@ -81,6 +81,7 @@ pub struct DownstreamFile {
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
     pub max_requests_per_connection: u32,
+    pub max_connections: usize,
 }
 
 impl Default for DownstreamFile {
@@ -89,6 +90,7 @@ impl Default for DownstreamFile {
             keepalive_timeout: Duration::from_secs(75),
             body_read_timeout: Duration::from_secs(60),
             max_requests_per_connection: 1000,
+            max_connections: 4096,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct DownstreamLimits {
     pub body_read_timeout: Duration,
     /// Requests served on one connection before it is closed (start-only).
     pub max_requests_per_connection: u32,
+    /// Client connections open at once; accepting pauses beyond (start-only).
+    pub max_connections: usize,
 }
 
 #[derive(Debug)]

@@ -141,6 +141,13 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             problems.add(key, "must be at least 1s", Some("whole seconds, e.g. 75s"));
         }
     }
+    if downstream.max_connections == 0 {
+        problems.add(
+            "downstream.max_connections",
+            "must be at least 1",
+            Some("each idle client connection costs tens of KiB; 4096 is the default"),
+        );
+    }
     if downstream.max_requests_per_connection == 0 {
         problems.add(
             "downstream.max_requests_per_connection",
@@ -290,6 +297,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                 keepalive_timeout: downstream.keepalive_timeout,
                 body_read_timeout: downstream.body_read_timeout,
                 max_requests_per_connection: downstream.max_requests_per_connection,
+                max_connections: downstream.max_connections,
             },
             admin_listen,
             upstream_ca_file: ca_files.into_iter().next(),

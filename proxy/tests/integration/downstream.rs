@@ -319,3 +319,39 @@ async fn a_trickling_upstream_is_cut_at_its_response_timeout() {
     assert!(took < Duration::from_secs(6), "cut only after {took:?}");
     p.stop().await;
 }
+
+/// Regression: connections were never capped (1,000 idle ones cost ~45 MiB). At
+/// `max_connections` accepting pauses until one closes; the admin listener stays reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_accepting_pauses_and_the_admin_stays_reachable() {
+    let p = start("downstream: { max_connections: 3 }\n").await;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let mut tcp = connect(&p).await;
+        let path = format!("/held-{i}");
+        tcp.write_all(get(&path).as_bytes()).await.unwrap();
+        let (text, _) = read_until(&mut tcp, Duration::from_secs(10), |t| t.contains(&path)).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        open.push(tcp);
+    }
+    // The fourth connects (kernel backlog) but is not served while three are open.
+    let mut fourth = connect(&p).await;
+    fourth.write_all(get("/fourth").as_bytes()).await.unwrap();
+    let (text, _) = read_until(&mut fourth, Duration::from_millis(800), |t| {
+        t.contains("/fourth")
+    })
+    .await;
+    assert!(text.is_empty(), "served beyond the cap: {text}");
+    assert_eq!(p.metric("edge_downstream_connections").await, 3.0);
+    assert!(p.metric("edge_downstream_accept_pauses_total").await >= 1.0);
+    // One closes: the fourth is accepted and answered.
+    drop(open.pop());
+    let (text, _) = read_until(&mut fourth, Duration::from_secs(10), |t| {
+        t.contains("/fourth")
+    })
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    drop(open);
+    drop(fourth);
+    p.stop().await;
+}
