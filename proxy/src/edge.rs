@@ -2,6 +2,7 @@
 //! that owns the concern (routing, upstream, hygiene, errors, metrics).
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -36,6 +37,8 @@ use crate::normalize;
 pub struct EdgeProxy {
     /// The configuration generation new requests get (a reload swaps it).
     current: Current,
+    /// Set once shutdown or an upgrade began: every response closes its connection.
+    draining: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     cache: &'static MokaStorage,
     cache_lock: &'static CacheKeyLockImpl,
@@ -52,12 +55,14 @@ impl std::fmt::Debug for EdgeProxy {
 impl EdgeProxy {
     pub fn new(
         current: Current,
+        draining: Arc<AtomicBool>,
         metrics: Arc<Metrics>,
         cache: &'static MokaStorage,
         cache_lock: &'static CacheKeyLockImpl,
     ) -> Self {
         Self {
             current,
+            draining,
             metrics,
             cache,
             cache_lock,
@@ -228,6 +233,12 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         self.metrics.in_flight.inc();
         downstream_limits(session, &ctx.generation.config.downstream);
+        if self.draining.load(Ordering::Relaxed) {
+            // Draining (shutdown or upgrade): this response says `Connection: close` and the
+            // connection ends after it, between requests, so the client's next request goes
+            // to a new connection (the new process) instead of racing the close.
+            session.set_keepalive(None);
+        }
         if let Err(refusal) = framing::check(session.req_header_mut()) {
             ctx.refusal = Some(refusal.clone());
             return Error::e_explain(ErrorType::HTTPStatus(refusal.status), refusal.message);

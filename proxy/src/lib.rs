@@ -95,7 +95,13 @@ pub fn build_server(
     let cache = cache::storage::MokaStorage::leak(config.cache_max_bytes);
     let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl =
         Box::leak(pingora::cache::lock::CacheLock::new_boxed(CACHE_LOCK_AGE));
-    let proxy = edge::EdgeProxy::new(current.clone(), metrics.clone(), cache, cache_lock);
+    let proxy = edge::EdgeProxy::new(
+        current.clone(),
+        draining.clone(),
+        metrics.clone(),
+        cache,
+        cache_lock,
+    );
     let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
     let mut options = pingora::apps::HttpServerOptions::default();
     // Pingora counts reuses: a limit of N serves N + 1 requests on a connection.
