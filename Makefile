@@ -12,7 +12,7 @@ EDGE_CONFIG ?= config/edge.yaml
 ORIGIN_CONFIGS := config/origin.yaml $(wildcard config/examples/origin-*.yaml)
 EDGE_CONFIGS := config/edge.yaml $(wildcard config/examples/edge-*.yaml)
 
-.PHONY: help setup build run test lint check-configs bench plugins plugin-tests
+.PHONY: help setup build run test lint check-configs bench plugins plugin-tests fuzz soak
 
 help:
 	@echo "make run    - set up, build (release), run the origin (https://127.0.0.1:8443) and the proxy (http://127.0.0.1:8080)"
@@ -20,6 +20,8 @@ help:
 	@echo "make bench  - side-by-side load benchmarks (release build; minutes)"
 	@echo "make setup  - install what is missing: cmake (Debian), the wasm32-wasip1 target"
 	@echo "make plugins - build every plugin under plugins/ to wasm32-wasip1 (release)"
+	@echo "make fuzz   - the property tests (config loader, target normalisation, cache key, ABI maps, guest memory) with 200,000 cases each"
+	@echo "make soak   - 10 minutes of the shipped config under a realistic mix with purges and reloads: errors, p99 and RSS per minute"
 
 # Idempotent: each step runs only when its tool is missing, then verifies it.
 setup:
@@ -85,3 +87,15 @@ bench: plugins
 # Not part of `bench` (about 2 minutes, ~400 MiB): 1,000,000 distinct keys through the proxy.
 bench-cache-memory:
 	$(CARGO) run --release -p edge-benches --bin cache-memory
+
+# The property tests run 256 cases each in `make test`; here many more (minutes). A failure is
+# saved under proxy/proptest-regressions/ and replayed by every later run: commit it with the fix.
+FUZZ_CASES ?= 200000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p edge-proxy --lib properties
+
+# The release proxy binary under the shipped config for SOAK_MINUTES (default 10).
+SOAK_MINUTES ?= 10
+soak: plugins
+	$(CARGO) build --release -p edge-proxy -p edge-benches --bin edge-proxy --bin soak
+	./target/release/soak --minutes $(SOAK_MINUTES)

@@ -94,6 +94,11 @@ impl Connection {
         }
     }
 
+    /// The request the next round trips send (a varying workload).
+    pub fn set_request(&mut self, request: Vec<u8>) {
+        self.request = request;
+    }
+
     async fn fill(&mut self) -> anyhow::Result<()> {
         if self.buffer.capacity() - self.buffer.len() < 4096 {
             self.buffer.reserve(16 * 1024);

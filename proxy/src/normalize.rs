@@ -6,8 +6,8 @@
 //! The normalisations are the ones RFC 3986 (section 6.2.2) says never change what a URI
 //! identifies: percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, every
 //! other percent-encoding gets upper-case hex, and dot segments are removed from the path (so
-//! `/api/v1/%2e%2e/admin` is `/api/admin` for routing and the origin alike). Anything else,
-//! `+` included, is left exactly as sent.
+//! `/api/v1/%2e%2e/admin` is `/api/admin` for routing and the origin alike). A `%` that starts no
+//! escape is encoded as `%25`. Anything else, `+` included, is left exactly as sent.
 
 use std::borrow::Cow;
 
@@ -25,7 +25,7 @@ fn hex_value(byte: u8) -> Option<u8> {
 }
 
 /// Decodes percent-encoded unreserved characters and upper-cases the hex of the others; a `%`
-/// not followed by two hex digits is kept as sent.
+/// not followed by two hex digits becomes `%25` (what a lenient decoder reads it as anyway).
 fn normalize_escapes(text: &str) -> Cow<'_, str> {
     if !text.contains('%') {
         return Cow::Borrowed(text);
@@ -52,6 +52,13 @@ fn normalize_escapes(text: &str) -> Cow<'_, str> {
                     out.extend([b'%', HEX[usize::from(high)], HEX[usize::from(low)]]);
                 }
                 i += 3;
+            }
+            // A `%` that starts no escape is encoded as `%25`: left bare, it could form a new
+            // escape with what decoding puts after it (`%%30a` would become `%0a`, a newline
+            // for the origin that the client never sent).
+            None if bytes[i] == b'%' => {
+                out.extend_from_slice(b"%25");
+                i += 1;
             }
             None => {
                 out.push(bytes[i]);
@@ -135,11 +142,19 @@ mod tests {
         assert_eq!(request_target("/a?q=x%2fy%2Cz%7e"), "/a?q=x%2Fy%2Cz~");
         assert_eq!(
             request_target("/a?q=%zz%4"),
-            "/a?q=%zz%4",
-            "malformed: as sent"
+            "/a?q=%25zz%254",
+            "a bare % is encoded"
         );
         assert_eq!(request_target("/a?q=a+b&r=%20"), "/a?q=a+b&r=%20");
         assert_eq!(request_target("/caf%C3%A9"), "/caf%C3%A9");
+    }
+
+    /// Found by the property tests: decoding `%30` after a bare `%` made a new escape, `%0a`.
+    #[test]
+    fn decoding_never_creates_an_escape() {
+        assert_eq!(request_target("/%%30a"), "/%250a");
+        assert_eq!(request_target("/?%%30%30"), "/?%2500");
+        assert_eq!(request_target("/%%33%30"), "/%2530");
     }
 
     #[test]
@@ -164,6 +179,93 @@ mod tests {
                 matches!(request_target(target), Cow::Borrowed(_)),
                 "{target}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::request_target;
+    use proptest::prelude::*;
+
+    /// Targets built from the characters that matter here: escapes (valid, lower-case,
+    /// malformed), dots, slashes, query separators, unreserved and reserved characters.
+    fn target() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_string()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            Just("?".to_string()),
+            Just("&".to_string()),
+            Just("=".to_string()),
+            Just("+".to_string()),
+            Just("%".to_string()),
+            "%[0-9a-fA-F]{2}",
+            "[a-zA-Z0-9._~-]{1,4}",
+            "[!$'()*,;:@]",
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|pieces| format!("/{}", pieces.concat()))
+    }
+
+    /// Decodes every valid escape (what an origin finally sees).
+    fn decoded(text: &str) -> Vec<u8> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (bytes[i], hex) {
+                (b'%', Some(byte))
+                    if bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit() =>
+                {
+                    out.push(byte);
+                    i += 3;
+                }
+                (byte, _) => {
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// Normalising twice changes nothing more; the result is a valid request target.
+        #[test]
+        fn idempotent_and_still_a_target(target in target()) {
+            let once = request_target(&target).into_owned();
+            let twice = request_target(&once).into_owned();
+            prop_assert_eq!(twice, once.clone());
+            prop_assert!(once.parse::<http::uri::PathAndQuery>().is_ok(), "{}", once);
+        }
+
+        /// The query means the same after normalisation (decoded, byte for byte): spellings
+        /// change, values never do.
+        #[test]
+        fn the_query_decodes_to_the_same_bytes(target in target()) {
+            let normal = request_target(&target);
+            let query = |t: &str| t.split_once('?').map(|(_, q)| decoded(q));
+            prop_assert_eq!(query(&target), query(&normal));
+        }
+
+        /// No escape of an unreserved character survives, and no `.`/`..` segment.
+        #[test]
+        fn no_unreserved_escape_or_dot_segment_survives(target in target()) {
+            let normal = request_target(&target);
+            let (path, _) = normal.split_once('?').unwrap_or((&normal, ""));
+            prop_assert!(!path.split('/').any(|s| s == "." || s == ".."), "{}", normal);
+            let bytes = normal.as_bytes();
+            for i in 0..bytes.len() {
+                if bytes[i] == b'%' {
+                    if let Some(Ok(byte)) = bytes.get(i + 1..i + 3).map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap_or("zz"), 16)) {
+                        prop_assert!(!(byte.is_ascii_alphanumeric() || b"-._~".contains(&byte)), "{}", normal);
+                    }
+                }
+            }
         }
     }
 }

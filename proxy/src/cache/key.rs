@@ -123,3 +123,63 @@ mod tests {
         assert_eq!(key("edge", "/api/v1/categories", "").user_tag(), "");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::cache_key;
+    use crate::routing::CachePolicy;
+    use pingora::cache::key::CacheHashKey;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn policy() -> CachePolicy {
+        CachePolicy {
+            key_query_params: vec!["category".into(), "cursor".into(), "limit".into()],
+            tag_query_param: Some("category".into()),
+            default_ttl: Duration::from_secs(1),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            lock_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn pair() -> impl Strategy<Value = (String, String)> {
+        (
+            prop_oneof![
+                Just("category"),
+                Just("cursor"),
+                Just("limit"),
+                Just("utm"),
+                Just("x")
+            ],
+            "[a-z0-9%=&+]{0,6}",
+        )
+            .prop_map(|(k, v)| (k.to_string(), v))
+    }
+
+    proptest! {
+        /// Parameter order and parameters outside the policy never change the key; the same
+        /// pairs after normalisation give the same key.
+        #[test]
+        fn order_and_foreign_parameters_do_not_matter(pairs in proptest::collection::vec(pair(), 0..8), shuffle in any::<prop::sample::Index>()) {
+            let query = |pairs: &[(String, String)]| {
+                pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+            };
+            let key = |q: &str| cache_key("r", "Host", "/p", Some(q), &policy()).primary_bin();
+            // Keys that appear once: their relative order is free to change.
+            let mut seen = std::collections::BTreeSet::new();
+            let unique: Vec<_> = pairs.iter().filter(|(k, _)| seen.insert(k.clone())).cloned().collect();
+            let mut rotated = unique.clone();
+            if !rotated.is_empty() {
+                let by = shuffle.index(rotated.len());
+                rotated.rotate_left(by);
+            }
+            prop_assert_eq!(key(&query(&unique)), key(&query(&rotated)));
+            let kept: Vec<_> = unique.iter().filter(|(k, _)| k != "utm" && k != "x").cloned().collect();
+            prop_assert_eq!(key(&query(&unique)), key(&query(&kept)));
+            let normal = crate::normalize::request_target(&format!("/p?{}", query(&unique))).into_owned();
+            let normal_query = normal.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
+            prop_assert_eq!(key(&query(&unique)), key(&normal_query));
+        }
+    }
+}

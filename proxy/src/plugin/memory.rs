@@ -14,15 +14,26 @@ fn memory(caller: &Caller<'_, HostState>) -> wasmtime::Result<Memory> {
         .ok_or_else(|| wasmtime::Error::msg("the module exports no memory"))
 }
 
+/// The byte range `len` bytes at `ptr` cover in a memory of `memory_len` bytes; `None` when
+/// any of it lies outside (or the arithmetic would overflow).
+pub fn guest_range(memory_len: usize, ptr: u32, len: usize) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(ptr).ok()?;
+    let end = start.checked_add(len)?;
+    (end <= memory_len).then_some(start..end)
+}
+
+fn out_of_bounds(ptr: u32, len: usize) -> wasmtime::Error {
+    wasmtime::Error::msg(format!("guest range {ptr}+{len} is out of bounds"))
+}
+
 /// Copies `len` bytes at `ptr` out of the guest.
 pub fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
     let memory = memory(caller)?;
-    let (start, end) = (ptr as usize, ptr as usize + len as usize);
-    memory
-        .data(caller)
-        .get(start..end)
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| wasmtime::Error::msg(format!("guest range {start}..{end} is out of bounds")))
+    let data = memory.data(caller);
+    let len = usize::try_from(len)?;
+    guest_range(data.len(), ptr, len)
+        .map(|range| data[range].to_vec())
+        .ok_or_else(|| out_of_bounds(ptr, len))
 }
 
 /// Reads a UTF-8 string (lossily: header names and property paths are ASCII in practice).
@@ -34,12 +45,10 @@ pub fn read_string(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> wasmti
 
 fn write(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) -> wasmtime::Result<()> {
     let memory = memory(caller)?;
-    let start = ptr as usize;
-    memory
-        .data_mut(caller)
-        .get_mut(start..start + bytes.len())
-        .ok_or_else(|| wasmtime::Error::msg(format!("guest pointer {start} is out of bounds")))?
-        .copy_from_slice(bytes);
+    let data = memory.data_mut(caller);
+    let range =
+        guest_range(data.len(), ptr, bytes.len()).ok_or_else(|| out_of_bounds(ptr, bytes.len()))?;
+    data[range].copy_from_slice(bytes);
     Ok(())
 }
 
@@ -76,4 +85,26 @@ pub fn give(
     write(caller, address, bytes)?;
     write_u32(caller, data_out, address)?;
     write_u32(caller, size_out, size)
+}
+
+#[cfg(test)]
+mod properties {
+    use super::guest_range;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any pointer and length a guest passes: a range inside the memory, or none; never a
+        /// panic or an overflow.
+        #[test]
+        fn ranges_are_inside_the_memory_or_refused(memory in 0usize..1 << 20, ptr: u32, len in prop_oneof![0usize..1 << 21, Just(usize::MAX)]) {
+            match guest_range(memory, ptr, len) {
+                Some(range) => {
+                    prop_assert!(range.end <= memory);
+                    prop_assert_eq!(range.len(), len);
+                    prop_assert_eq!(range.start, ptr as usize);
+                }
+                None => prop_assert!((ptr as usize).checked_add(len).is_none_or(|end| end > memory)),
+            }
+        }
+    }
 }

@@ -95,3 +95,37 @@ mod tests {
         assert!(deserialize(&[255, 255, 255, 255, 1, 0, 0, 0]).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::{deserialize, serialize};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a guest hands over as a map: pairs or an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = deserialize(&bytes);
+        }
+
+        /// What the host serializes reads back as the same pairs.
+        #[test]
+        fn serialized_maps_round_trip(pairs in proptest::collection::vec(
+            (proptest::collection::vec(any::<u8>(), 0..40), proptest::collection::vec(any::<u8>(), 0..80)),
+            0..12,
+        )) {
+            prop_assert_eq!(deserialize(&serialize(&pairs)).unwrap(), pairs);
+        }
+
+        /// A serialized map cut or extended anywhere is refused or read, never a panic.
+        #[test]
+        fn damaged_maps_never_panic(pairs in proptest::collection::vec(("[a-z]{0,8}", "[a-z]{0,8}"), 1..6), cut in any::<prop::sample::Index>(), flip in any::<(prop::sample::Index, u8)>()) {
+            let mut bytes = serialize(&pairs);
+            let at = flip.0.index(bytes.len());
+            bytes[at] ^= flip.1;
+            let _ = deserialize(&bytes);
+            bytes.truncate(cut.index(bytes.len()));
+            let _ = deserialize(&bytes);
+        }
+    }
+}
