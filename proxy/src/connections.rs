@@ -1,4 +1,5 @@
-//! The cap on concurrent client connections (`downstream.max_connections`). A gate counts the
+//! The cap on concurrent client connections (`downstream.max_connections`), and the request
+//! head deadline every client connection gets (`downstream.header_read_timeout`). A gate counts the
 //! data plane's live connections: when the cap is reached the accept loop waits (Pingora's
 //! connection filter runs inside it) until a connection ends, so excess clients queue in the
 //! kernel's listen backlog instead of costing memory here; each pause is counted. The admin
@@ -13,6 +14,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -21,6 +23,7 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::sync::Notify;
 
+use crate::header_deadline::HeaderDeadline;
 use crate::metrics::Metrics;
 
 /// Live connections against the cap.
@@ -94,6 +97,8 @@ impl ConnectionFilter for GateFilter {
 pub struct Counted<A> {
     inner: Arc<A>,
     gate: Arc<ConnectionGate>,
+    /// Each request head must arrive within this (see [`HeaderDeadline`]).
+    header_read_timeout: Duration,
 }
 
 impl<A> std::fmt::Debug for Counted<A> {
@@ -105,10 +110,11 @@ impl<A> std::fmt::Debug for Counted<A> {
 }
 
 impl<A> Counted<A> {
-    pub fn new(inner: A, gate: Arc<ConnectionGate>) -> Self {
+    pub fn new(inner: A, gate: Arc<ConnectionGate>, header_read_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(inner),
             gate,
+            header_read_timeout,
         }
     }
 }
@@ -130,6 +136,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _slot = Slot(&self.gate);
+        let session: Stream = Box::new(HeaderDeadline::new(session, self.header_read_timeout));
         let mut next = self.inner.process_new(session, shutdown).await;
         // Keep-alive reuse stays inside this connection's slot.
         while let Some(stream) = next {

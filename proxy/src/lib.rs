@@ -13,6 +13,7 @@ pub mod edge;
 pub mod errors;
 pub mod framing;
 pub mod generation;
+pub mod header_deadline;
 pub mod hygiene;
 pub mod metrics;
 pub mod normalize;
@@ -115,7 +116,7 @@ pub fn build_server(
     let gate = connections::ConnectionGate::new(config.downstream.max_connections, metrics.clone());
     let mut data_plane = Service::new(
         "edge-proxy".to_string(),
-        connections::Counted::new(http, gate.clone()),
+        connections::Counted::new(http, gate.clone(), config.downstream.header_read_timeout),
     );
     data_plane.set_connection_filter(Arc::new(connections::GateFilter(gate)));
     data_plane.add_listener(

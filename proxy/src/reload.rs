@@ -164,6 +164,12 @@ pub fn restart_only_changes(running: &RuntimeConfig, file: &RuntimeConfig) -> Ve
     changed(&mut out, "server.threads", &a.threads, &b.threads);
     changed(
         &mut out,
+        "downstream.header_read_timeout",
+        &running.downstream.header_read_timeout,
+        &file.downstream.header_read_timeout,
+    );
+    changed(
+        &mut out,
         "downstream.max_connections",
         &running.downstream.max_connections,
         &file.downstream.max_connections,

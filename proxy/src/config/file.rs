@@ -77,6 +77,8 @@ impl Default for ServerFile {
 #[serde(deny_unknown_fields, default)]
 pub struct DownstreamFile {
     #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
@@ -87,6 +89,7 @@ pub struct DownstreamFile {
 impl Default for DownstreamFile {
     fn default() -> Self {
         Self {
+            header_read_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
             body_read_timeout: Duration::from_secs(60),
             max_requests_per_connection: 1000,

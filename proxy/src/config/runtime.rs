@@ -31,6 +31,8 @@ pub struct ServerSettings {
 /// Limits on client connections (`downstream:`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DownstreamLimits {
+    /// The whole request head must arrive within this (start-only).
+    pub header_read_timeout: Duration,
     /// How long an idle keep-alive connection waits for its next request.
     pub keepalive_timeout: Duration,
     /// How long a request body read may wait for the next bytes.

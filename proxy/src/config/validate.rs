@@ -134,6 +134,10 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
     problems.positive("server.upgrade_timeout", file.server.upgrade_timeout);
     let downstream = &file.downstream;
     for (key, value) in [
+        (
+            "downstream.header_read_timeout",
+            downstream.header_read_timeout,
+        ),
         ("downstream.keepalive_timeout", downstream.keepalive_timeout),
         ("downstream.body_read_timeout", downstream.body_read_timeout),
     ] {
@@ -294,6 +298,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             },
             listen,
             downstream: super::runtime::DownstreamLimits {
+                header_read_timeout: downstream.header_read_timeout,
                 keepalive_timeout: downstream.keepalive_timeout,
                 body_read_timeout: downstream.body_read_timeout,
                 max_requests_per_connection: downstream.max_requests_per_connection,

@@ -355,3 +355,85 @@ async fn at_max_connections_accepting_pauses_and_the_admin_stays_reachable() {
     drop(fourth);
     p.stop().await;
 }
+
+/// Regression: a head sent one byte at a time was timed per read only, so it held the
+/// connection for as long as it trickled. The whole head now has `header_read_timeout`; bodies
+/// (after a `100 Continue` too) and idle time between requests are not head time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_cut_at_header_read_timeout_bodies_are_not() {
+    let (upstream, _seen) = start_capture().await;
+    let p = Proxy::start(move |dir| {
+        proxy_yaml(
+            dir,
+            &format!("  capture: {{ addresses: [{upstream}] }}"),
+            "  - { name: capture, path_prefix: /, upstream: capture }",
+        ) + "downstream: { header_read_timeout: 1s }\n"
+    });
+    // Slowloris: a byte every 250 ms, never a blank line.
+    let mut tcp = connect(&p).await;
+    let started = Instant::now();
+    tcp.write_all(b"GET /slow HTTP/1.1\r\n").await.unwrap();
+    let mut closed = false;
+    for _ in 0..24 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if tcp.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 64];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut probe)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a trickled head held the connection for {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A head in three pieces inside the limit, then a body trickled for 1.5 s after a 100.
+    let mut tcp = connect(&p).await;
+    for piece in [
+        "POST /up HTTP/1.1\r\n",
+        "Host: a\r\nContent-Length: 5\r\n",
+        "Expect: 100-continue\r\n\r\n",
+    ] {
+        tcp.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (interim, _) =
+        read_until(&mut tcp, Duration::from_secs(3), |t| t.contains("\r\n\r\n")).await;
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim:?}");
+    for byte in b"hello" {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tcp.write_all(&[*byte]).await.unwrap();
+    }
+    let (text, _) = read_until(&mut tcp, Duration::from_secs(10), |t| t.ends_with("ok")).await;
+    assert!(text.contains("HTTP/1.1 200"), "{text}");
+    // Idle between requests is not head time: a request, 1.5 s idle, then a prompt head on
+    // the same connection is served.
+    let mut tcp = connect(&p).await;
+    tcp.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, _) = read_until(&mut tcp, Duration::from_secs(10), |t| t.ends_with("ok")).await;
+    assert!(
+        text.contains("HTTP/1.1 200") && text.contains("keep-alive"),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tcp.write_all(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (text, _) = read_until(&mut tcp, Duration::from_secs(10), |t| t.ends_with("ok")).await;
+    assert!(text.contains("HTTP/1.1 200"), "{text}");
+    p.stop().await;
+}
