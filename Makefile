@@ -92,7 +92,7 @@ bench-cache-memory:
 # saved under proxy/proptest-regressions/ and replayed by every later run: commit it with the fix.
 FUZZ_CASES ?= 200000
 fuzz:
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p edge-proxy --lib properties
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p edge-proxy --lib properties
 
 # The release proxy binary under the shipped config for SOAK_MINUTES (default 10).
 SOAK_MINUTES ?= 10

@@ -5,7 +5,9 @@
 //! lifecycle (context create, request and response headers, a body chunk, done/log/delete).
 //!
 //! The production plugins (auth, rate-limit, metrics-export) get the same whole-request
-//! measurement, alone and chained.
+//! measurement, alone and chained. And a plugin that holds a response body until its end
+//! (the `conformance` plugin's `hold-response`): 16 MiB in 64 KiB chunks, where each chunk
+//! used to copy everything held so far (quadratic).
 //!
 //! `cargo bench -p edge-benches --bench plugin_callback` (builds the plugins first:
 //! `make plugins`).
@@ -221,5 +223,58 @@ fn lifecycle(
     });
 }
 
-criterion_group!(benches, callbacks, production);
+/// A 16 MiB response body in 64 KiB chunks through a plugin that holds it to the end, then
+/// rewrites it: the host's buffering must stay linear in the body size.
+fn held_body(c: &mut Criterion) {
+    let mut holder = spec(
+        "holder",
+        "conformance",
+        serde_json::json!({"greeting": "hi"}),
+    );
+    holder.memory_bytes = 128 << 20;
+    holder.max_body_bytes = 32 << 20;
+    // Reading and rewriting 16 MiB in the guest, off the host's clock but not off the deadline.
+    holder.cpu_deadline = Duration::from_secs(5);
+    let host = host(&[holder]);
+    let (callouts, runtime) = driver();
+    let plugins = host.plugins.clone();
+    let chunk = bytes::Bytes::from(vec![b'x'; 64 << 10]);
+    let chunks = 256;
+    let mut group = c.benchmark_group("held response body");
+    group.sample_size(10);
+    group.bench_function("16 MiB in 64 KiB chunks (hold-response)", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iterations {
+                    let mut req = request();
+                    req.insert_header("x-probe", "hold-response")
+                        .expect("valid header");
+                    let mut resp = ResponseHeader::build(200, None).expect("valid response");
+                    let started = Instant::now();
+                    let mut chain = Chain::new(&plugins, &[0], "bench".into(), None);
+                    let _ = chain.request_headers(&plugins, &mut req, &callouts).await;
+                    let _ = chain
+                        .response_headers(&plugins, &mut req, &mut resp, &callouts)
+                        .await;
+                    for i in 0..chunks {
+                        let end = i + 1 == chunks;
+                        let step =
+                            chain.response_body(&plugins, &mut req, Some(chunk.clone()), end);
+                        if let Err(failed) = &step {
+                            panic!("the plugin failed: {}", failed.details);
+                        }
+                        black_box(step.ok());
+                    }
+                    chain.finish(&plugins, &mut req, Some(200));
+                    spent += started.elapsed();
+                }
+                spent
+            })
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, callbacks, production, held_body);
 criterion_main!(benches);
