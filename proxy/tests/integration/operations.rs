@@ -159,12 +159,15 @@ async fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
 
     let mut new = ProxyProcess::spawn(&bad, true);
     old.signal("QUIT");
+    let quit = Instant::now();
     let code = tokio::task::spawn_blocking(move || new.wait_exit(Duration::from_secs(30)))
         .await
         .unwrap();
     assert_eq!(code, Some(78), "the new process fails its plugin config");
-    // The old one waits its upgrade_timeout (3 s) for a successor, then serves on.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The old one waits its upgrade_timeout (3 s) for a successor, then serves on. Without that
+    // wait Pingora would retry handing its sockets over for 5 s, wait 5 s more and drain: look
+    // well past all of it.
+    tokio::time::sleep(Duration::from_secs(13).saturating_sub(quit.elapsed())).await;
     assert!(old.running(), "the old process must not drain to nobody");
     for _ in 0..20 {
         assert_eq!(status(&http, ports.listen, "/still-here").await, 200);
