@@ -178,29 +178,25 @@ fn local_header(local: &LocalResponse, request_id: &str) -> Result<ResponseHeade
     Ok(header)
 }
 
-/// A plugin body failure's answer when nothing was sent yet; the connection is not reused.
-async fn send_plugin_failure(
+/// Sends an error answer and closes the connection after it. Pingora writes it only if no
+/// final response head went out yet; otherwise the connection just closes, leaving the body
+/// unterminated, so the client sees an error rather than a complete-looking response.
+async fn send_failure(
     session: &mut Session,
-    answer: LocalResponse,
-    request_id: &str,
+    status: u16,
+    answer: Result<(ResponseHeader, Bytes)>,
 ) -> FailToProxy {
-    let status = answer.status;
-    let head_sent = session
-        .response_written()
-        .is_some_and(|r| !r.status.is_informational());
-    if !head_sent {
-        let sent = match local_header(&answer, request_id) {
-            Ok(header) => {
-                session
-                    .as_downstream_mut()
-                    .write_error_response(header, Bytes::from(answer.body))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(err) = sent {
-            tracing::debug!(%err, "could not send the plugin failure response");
+    let sent = match answer {
+        Ok((header, body)) => {
+            session
+                .as_downstream_mut()
+                .write_error_response(header, body)
+                .await
         }
+        Err(_) => session.respond_error(status).await,
+    };
+    if let Err(err) = sent {
+        tracing::debug!(%err, "could not send the error response");
     }
     FailToProxy {
         error_code: status,
@@ -622,25 +618,14 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         if let Some(answer) = ctx.plugin_failure.take() {
-            return send_plugin_failure(session, answer, &ctx.request_id).await;
+            let header = local_header(&answer, &ctx.request_id);
+            let status = answer.status;
+            let built = header.map(|h| (h, Bytes::from(answer.body)));
+            return send_failure(session, status, built).await;
         }
         if let Some(refusal) = ctx.refusal.take() {
-            let sent = match errors::json_error(refusal.status, refusal.code, refusal.message) {
-                Ok((header, body)) => {
-                    session
-                        .as_downstream_mut()
-                        .write_error_response(header, body)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(err) = sent {
-                tracing::debug!(%err, "could not send the refusal");
-            }
-            return FailToProxy {
-                error_code: refusal.status,
-                can_reuse_downstream: false,
-            };
+            let built = errors::json_error(refusal.status, refusal.code, refusal.message);
+            return send_failure(session, refusal.status, built).await;
         }
         let status = errors::status_for(e);
         let upstream = ctx.route.as_ref().map_or("-", |r| r.upstream.name.as_str());
@@ -659,22 +644,7 @@ impl ProxyHttp for EdgeProxy {
                 format!("the request could not be proxied: {}", e.etype().as_str()),
             )
         };
-        let sent = match errors::json_error(status, code, &message) {
-            Ok((header, body)) => {
-                session
-                    .as_downstream_mut()
-                    .write_error_response(header, body)
-                    .await
-            }
-            Err(_) => session.respond_error(status).await,
-        };
-        if let Err(err) = sent {
-            tracing::debug!(%err, "could not send the error response");
-        }
-        FailToProxy {
-            error_code: status,
-            can_reuse_downstream: false,
-        }
+        send_failure(session, status, errors::json_error(status, code, &message)).await
     }
 
     /// Metrics and the access log line; upstream errors counted by kind.

@@ -50,13 +50,16 @@ pub fn check(request: &mut RequestHeader) -> Result<(), Refusal> {
             "only the chunked transfer coding is supported",
         ));
     }
-    let lengths: Vec<HeaderValue> = request
-        .headers
-        .get_all(CONTENT_LENGTH)
-        .iter()
-        .cloned()
-        .collect();
-    if lengths.len() > 1 {
+    let mut values = request.headers.get_all(CONTENT_LENGTH).iter();
+    let repeated = values.next().is_some() && values.next().is_some();
+    if repeated {
+        // Only then collected: the common request allocates nothing here.
+        let lengths: Vec<HeaderValue> = request
+            .headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .cloned()
+            .collect();
         if lengths.iter().any(|v| *v != lengths[0]) {
             return Err(refuse(
                 400,

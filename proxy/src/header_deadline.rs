@@ -41,8 +41,8 @@ pub struct HeadTracker {
     phase: Phase,
     /// The last bytes of the head read so far (a `\r\n\r\n` may span reads).
     tail: [u8; 3],
-    /// Bytes of the current head read so far.
-    seen: usize,
+    /// Whether bytes of the current head have arrived.
+    started: bool,
 }
 
 impl Default for HeadTracker {
@@ -50,7 +50,7 @@ impl Default for HeadTracker {
         Self {
             phase: Phase::Head,
             tail: [0; 3],
-            seen: 0,
+            started: false,
         }
     }
 }
@@ -63,7 +63,7 @@ impl HeadTracker {
 
     /// Whether bytes of the current head have arrived.
     pub fn head_started(&self) -> bool {
-        self.phase == Phase::Head && self.seen > 0
+        self.phase == Phase::Head && self.started
     }
 
     /// Feeds bytes read from the client; true when they completed the head.
@@ -94,7 +94,7 @@ impl HeadTracker {
             tail = [tail[1], tail[2], *byte];
         }
         self.tail = tail;
-        self.seen += bytes.len();
+        self.started = true;
         false
     }
 

@@ -68,16 +68,7 @@ impl Origin {
     }
 
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .https
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        read_metric(&text, series)
+        metric_at(&self.https, &self.url("/metrics"), series).await
     }
 }
 
@@ -96,6 +87,12 @@ fn merge(base: &mut serde_yaml_ng::Value, overrides: serde_yaml_ng::Value) {
         }
         (slot, value) => *slot = value,
     }
+}
+
+/// One series read from the Prometheus text served at `url`.
+pub async fn metric_at(http: &reqwest::Client, url: &str, series: &str) -> f64 {
+    let text = http.get(url).send().await.unwrap().text().await.unwrap();
+    read_metric(&text, series)
 }
 
 pub fn read_metric(text: &str, series: &str) -> f64 {

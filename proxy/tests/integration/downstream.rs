@@ -48,6 +48,16 @@ async fn read_until(
     (text, false)
 }
 
+/// Sends `raw` on a new connection; the response head (and what came with it).
+async fn answer_to(p: &Proxy, raw: &[u8]) -> String {
+    let mut tcp = connect(p).await;
+    tcp.write_all(raw).await.unwrap();
+    let limit = Duration::from_secs(10);
+    read_until(&mut tcp, limit, |t| t.contains("\r\n\r\n"))
+        .await
+        .0
+}
+
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 }
@@ -76,14 +86,7 @@ async fn pipelined_requests_are_answered_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http11_without_host_is_400() {
     let p = start("").await;
-    let mut tcp = connect(&p).await;
-    tcp.write_all(b"GET /no-host HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
-    let (text, _) = read_until(&mut tcp, Duration::from_secs(10), |t| {
-        t.contains("\r\n\r\n")
-    })
-    .await;
+    let text = answer_to(&p, b"GET /no-host HTTP/1.1\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     p.stop().await;
 }
@@ -201,16 +204,8 @@ async fn start_with_capture() -> (Proxy, std::sync::Arc<std::sync::Mutex<Vec<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_codings_are_refused_and_duplicate_lengths_collapse() {
     let (p, seen) = start_with_capture().await;
-    let mut tcp = connect(&p).await;
-    tcp.write_all(
-        b"POST /gz HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let (text, _) = read_until(&mut tcp, Duration::from_secs(10), |t| {
-        t.contains("\r\n\r\n")
-    })
-    .await;
+    let gzip = b"POST /gz HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let text = answer_to(&p, gzip).await;
     assert!(text.starts_with("HTTP/1.1 501"), "{text}");
     assert!(
         seen.lock().unwrap().is_empty(),
@@ -265,13 +260,10 @@ async fn expect_100_continue_is_answered_before_the_body() {
         "{forwarded}"
     );
     // An expectation the proxy cannot meet: 417.
-    let mut tcp = connect(&p).await;
-    tcp.write_all(b"GET /odd HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n")
-        .await
-        .unwrap();
-    let (text, _) = read_until(&mut tcp, Duration::from_secs(10), |t| {
-        t.contains("\r\n\r\n")
-    })
+    let text = answer_to(
+        &p,
+        b"GET /odd HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n",
+    )
     .await;
     assert!(text.starts_with("HTTP/1.1 417"), "{text}");
     p.stop().await;

@@ -186,15 +186,7 @@ async fn an_upgrade_that_cannot_start_leaves_the_old_process_serving() {
 }
 
 async fn metric(http: &reqwest::Client, admin: SocketAddr, series: &str) -> f64 {
-    let text = http
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    crate::common::read_metric(&text, series)
+    crate::common::metric_at(http, &format!("http://{admin}/metrics"), series).await
 }
 
 /// Polls (up to 20 s) until `series` reaches `expected`.
