@@ -10,7 +10,6 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 
@@ -204,13 +203,13 @@ pub fn restart_only_changes(running: &RuntimeConfig, file: &RuntimeConfig) -> Ve
         &a.upgrade_timeout,
         &b.upgrade_timeout,
     );
-    changed::<Duration>(
+    changed(
         &mut out,
         "server.grace_period",
         &a.grace_period,
         &b.grace_period,
     );
-    changed::<Duration>(
+    changed(
         &mut out,
         "server.graceful_shutdown_timeout",
         &a.graceful_shutdown_timeout,
