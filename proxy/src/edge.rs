@@ -21,6 +21,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::cache::storage::MokaStorage;
 use crate::cache::{cacheability, key};
+use crate::answers::{local_header, respond_json, send_failure, send_local, send_plugin_failure};
 use crate::plugin::chain::{BodyStep, Chain, Outcome};
 use crate::plugin::state::LocalResponse;
 use crate::routing::CachePolicy;
@@ -151,67 +152,6 @@ async fn continue_if_expected(session: &mut Session) -> Result<()> {
         .await
 }
 
-/// Sends a plugin's local response (from a request phase: nothing was proxied).
-async fn send_local(session: &mut Session, local: LocalResponse, request_id: &str) -> Result<()> {
-    let header = local_header(&local, request_id)?;
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session
-        .write_response_body(Some(Bytes::from(local.body)), true)
-        .await
-}
-
-/// The response header of a local response; header pairs that are not valid HTTP are dropped.
-fn local_header(local: &LocalResponse, request_id: &str) -> Result<ResponseHeader> {
-    let mut header = ResponseHeader::build(local.status, Some(local.headers.len() + 2))?;
-    for (name, value) in &local.headers {
-        if header
-            .append_header(name.clone(), value.as_slice())
-            .is_err()
-        {
-            tracing::warn!(header = %name, "invalid header in a plugin's local response dropped");
-        }
-    }
-    header.insert_header(http::header::CONTENT_LENGTH, local.body.len().to_string())?;
-    header.insert_header("x-request-id", request_id)?;
-    Ok(header)
-}
-
-/// Sends an error answer and closes the connection after it. Pingora writes it only if no
-/// final response head went out yet; otherwise the connection just closes, leaving the body
-/// unterminated, so the client sees an error rather than a complete-looking response.
-async fn send_failure(
-    session: &mut Session,
-    status: u16,
-    answer: Result<(ResponseHeader, Bytes)>,
-) -> FailToProxy {
-    let sent = match answer {
-        Ok((header, body)) => {
-            session
-                .as_downstream_mut()
-                .write_error_response(header, body)
-                .await
-        }
-        Err(_) => session.respond_error(status).await,
-    };
-    if let Err(err) = sent {
-        tracing::debug!(%err, "could not send the error response");
-    }
-    FailToProxy {
-        error_code: status,
-        can_reuse_downstream: false,
-    }
-}
-
-async fn respond_json(session: &mut Session, status: u16, code: &str, message: &str) -> Result<()> {
-    let (header, body) = errors::json_error(status, code, message)?;
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session.write_response_body(Some(body), true).await
-}
-
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
@@ -280,16 +220,16 @@ impl ProxyHttp for EdgeProxy {
                 continue_if_expected(session).await?;
                 return Ok(false);
             };
-            let callouts = &ctx.generation.plugins.callouts;
+            let plugins = &ctx.generation.plugins;
             if let Outcome::Respond(local) = chain
                 .request_headers(
-                    &ctx.generation.plugins.host.plugins,
+                    &plugins.host.plugins,
                     session.req_header_mut(),
-                    callouts,
+                    &plugins.callouts,
                 )
                 .await
             {
-                send_local(session, local, &ctx.request_id).await?;
+                send_local(session, ctx, local).await?;
                 return Ok(true);
             }
             continue_if_expected(session).await?;
@@ -453,7 +393,7 @@ impl ProxyHttp for EdgeProxy {
         for name in hygiene::HOP_BY_HOP.iter().chain(&listed) {
             upstream_request.remove_header(name);
         }
-        if ctx.chain.is_some() && Chain::has_body(session.req_header()) {
+        if ctx.chain.is_some() && framing::request_has_body(session.req_header()) {
             // Plugins may rewrite the request body: frame it by what is actually sent.
             upstream_request.remove_header(&http::header::CONTENT_LENGTH);
             upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
@@ -534,7 +474,7 @@ impl ProxyHttp for EdgeProxy {
         // A plugin that may change the body's length removes Content-Length (Envoy's idiom) or
         // holds the headers: the body then goes out chunked, framed by what is actually sent.
         let removed = had_length && !response.headers.contains_key(http::header::CONTENT_LENGTH);
-        let has_body = Chain::response_may_have_body(session.req_header(), response);
+        let has_body = framing::response_may_have_body(session.req_header(), response);
         if has_body && (removed || chain.response_headers_held) {
             response.remove_header(&http::header::CONTENT_LENGTH);
             response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
@@ -567,12 +507,17 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         // Pingora reads `None` as the end of the upstream body: hold back with an empty chunk.
-        match chain.request_body(
-            &ctx.generation.plugins.host.plugins,
-            session.req_header_mut(),
-            body.take(),
-            end_of_stream,
-        ) {
+        let plugins = &ctx.generation.plugins;
+        let step = chain
+            .request_body(
+                &plugins.host.plugins,
+                session.req_header_mut(),
+                body.take(),
+                end_of_stream,
+                &plugins.callouts,
+            )
+            .await;
+        match step {
             Ok(BodyStep::Forward(bytes)) => *body = Some(bytes),
             Ok(BodyStep::Hold) => *body = Some(Bytes::new()),
             Err(answer) => return plugin_body_failure(ctx, answer),
@@ -618,10 +563,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         if let Some(answer) = ctx.plugin_failure.take() {
-            let header = local_header(&answer, &ctx.request_id);
-            let status = answer.status;
-            let built = header.map(|h| (h, Bytes::from(answer.body)));
-            return send_failure(session, status, built).await;
+            return send_plugin_failure(session, ctx, answer).await;
         }
         if let Some(refusal) = ctx.refusal.take() {
             let built = errors::json_error(refusal.status, refusal.code, refusal.message);
@@ -652,11 +594,11 @@ impl ProxyHttp for EdgeProxy {
         self.metrics.in_flight.dec();
         if let Some(chain) = ctx.chain.as_mut() {
             let code = session.response_written().map(|r| r.status.as_u16());
-            chain.finish(
-                &ctx.generation.plugins.host.plugins,
-                session.req_header_mut(),
-                code,
-            );
+            let plugins = &ctx.generation.plugins;
+            let leftovers = chain.finish(&plugins.host.plugins, session.req_header_mut(), code);
+            if let Some(leftovers) = leftovers {
+                tokio::spawn(leftovers.run(plugins.callouts.clone()));
+            }
         }
         let status_code = session.response_written().map(|r| r.status);
         let status = status_code.map_or(0, |s| s.as_u16());

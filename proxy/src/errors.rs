@@ -51,16 +51,22 @@ pub fn status_for(error: &Error) -> u16 {
     }
 }
 
-/// A JSON error response: `{"error":{"status":502,"code":"connect_refused","message":"..."}}`.
+/// The body of every error the proxy answers itself:
+/// `{"error":{"status":502,"code":"connect_refused","message":"..."}}`.
+pub fn json_body(status: u16, code: &str, message: &str) -> String {
+    serde_json::json!({
+        "error": { "status": status, "code": code, "message": message }
+    })
+    .to_string()
+}
+
+/// A JSON error response ([`json_body`], `cache-control: no-store`).
 pub fn json_error(
     status: u16,
     code: &str,
     message: &str,
 ) -> pingora::Result<(ResponseHeader, Bytes)> {
-    let body = serde_json::json!({
-        "error": { "status": status, "code": code, "message": message }
-    });
-    let body = Bytes::from(body.to_string());
+    let body = Bytes::from(json_body(status, code, message));
     let mut header = ResponseHeader::build(status, Some(4))?;
     header.insert_header("content-type", "application/json")?;
     header.insert_header("cache-control", "no-store")?;

@@ -3,11 +3,13 @@
 //! codings other than `chunked` (which would be forwarded without their coding), repeated
 //! `Content-Length` (identical copies collapse to one, differing ones are refused), and
 //! `Expect` (only `100-continue` is supported: the proxy answers it itself once the request
-//! has passed its plugins). Pure functions over the header, unit tested.
+//! has passed its plugins). Also the body predicates the plugin chain frames its callbacks by
+//! (whether a request or a response carries a body, and its announced length). Pure functions
+//! over the header, unit tested.
 
 use http::header::{CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::{HeaderValue, Version};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Why a request is refused before it is proxied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,24 @@ pub fn expectation(request: &RequestHeader) -> Expectation {
     }
 }
 
+/// The `Content-Length` in `headers`, when there is a valid one.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let value = headers.get(CONTENT_LENGTH)?;
+    std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()
+}
+
+/// Whether the request carries a body (a non-zero length, or a chunked one).
+pub fn request_has_body(request: &RequestHeader) -> bool {
+    content_length(&request.headers).is_some_and(|n| n > 0)
+        || request.headers.contains_key(TRANSFER_ENCODING)
+}
+
+/// Whether `response` to `request` can carry a body at all (not for HEAD, 1xx, 204, 304).
+pub fn response_may_have_body(request: &RequestHeader, response: &ResponseHeader) -> bool {
+    request.method != http::Method::HEAD
+        && !matches!(response.status.as_u16(), 100..=199 | 204 | 304)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +167,22 @@ mod tests {
         assert_eq!(expectation(&cont), Expectation::Continue);
         let odd = check(&mut request(&[host, ("expect", "something-else")]));
         assert_eq!(odd.unwrap_err().status, 417);
+    }
+
+    #[test]
+    fn body_predicates() {
+        assert!(!request_has_body(&request(&[("content-length", "0")])));
+        assert!(request_has_body(&request(&[("content-length", "3")])));
+        assert!(request_has_body(&request(&[("transfer-encoding", "chunked")])));
+        assert!(!request_has_body(&request(&[])));
+        assert_eq!(content_length(&request(&[("content-length", "x")]).headers), None);
+        let get = RequestHeader::build("GET", b"/", None).unwrap();
+        let head = RequestHeader::build("HEAD", b"/", None).unwrap();
+        for (status, may) in [(200, true), (204, false), (304, false), (101, false)] {
+            let response = ResponseHeader::build(status, None).unwrap();
+            assert_eq!(response_may_have_body(&get, &response), may, "{status}");
+        }
+        let ok = ResponseHeader::build(200, None).unwrap();
+        assert!(!response_may_have_body(&head, &ok));
     }
 }

@@ -5,6 +5,7 @@
 //! benchmarks start a proxy without `main()`.
 
 pub mod admin;
+pub mod answers;
 pub mod cache;
 pub mod config;
 pub mod connections;

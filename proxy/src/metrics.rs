@@ -39,6 +39,7 @@ pub struct Metrics {
     pub plugin_vm_restarts: IntCounterVec,
     /// Requests a failed plugin answered 503 (`closed`) or skipped (`open`).
     pub plugin_failure_outcomes: IntCounterVec,
+    pub plugin_context_revivals: IntCounterVec,
     /// Plugin shared data: entries, bytes, and what it gave up (`expired`, `evicted`, `refused`).
     pub shared_data_entries: IntGauge,
     pub shared_data_bytes: IntGauge,
@@ -137,6 +138,7 @@ impl Metrics {
             ),
             plugin_faults: register(&r, counter_vec("edge_plugin_faults_total", "Plugin calls that trapped, overran their CPU deadline or their memory cap.", &["plugin", "callback", "kind"])),
             plugin_vm_restarts: register(&r, counter_vec("edge_plugin_vm_restarts_total", "Plugin VMs rebuilt after a fault.", &["plugin"])),
+            plugin_context_revivals: register(&r, counter_vec("edge_plugin_context_revivals_total", "In-flight requests whose plugin VM was rebuilt under them (another request's fault): their context was created anew on the new VM and their earlier header callbacks re-run.", &["plugin"])),
             plugin_failure_outcomes: register(&r, counter_vec("edge_plugin_failure_outcomes_total", "Requests hit by a plugin fault, by the plugin's failure mode (closed: 503, open: skipped).", &["plugin", "mode"])),
             shared_data_entries: register(&r, IntGauge::new("edge_plugin_shared_data_entries", "Entries in the plugins' shared data store.").expect("valid gauge definition")),
             shared_data_bytes: register(&r, IntGauge::new("edge_plugin_shared_data_bytes", "Weighted bytes in the plugins' shared data store (plugin_host.shared_data.max_bytes bounds it).").expect("valid gauge definition")),

@@ -97,6 +97,14 @@ impl RunningPlugin {
             .inc();
     }
 
+    /// Counts an in-flight request given a new context after its VM was rebuilt under it.
+    pub fn count_revival(&self) {
+        self.metrics
+            .plugin_context_revivals
+            .with_label_values(&[self.spec.name.as_str()])
+            .inc();
+    }
+
     /// The VM slot a new request is pinned to: the one this plugin gave the worker thread it
     /// starts on (threads get slots in the order they first use the plugin), so with one VM per
     /// worker (the default) threads do not contend for VMs and each VM stays warm in its core's

@@ -490,12 +490,19 @@ impl Vm {
             .map(drop)
     }
 
-    /// The end of an HTTP context: `on_done`, `on_log`, `on_delete`, as Envoy orders them.
-    pub fn finish_context(&mut self, context: u32) -> Result<(), Fault> {
+    /// The end of an HTTP context's request: `on_done`, then `on_log`, as Envoy orders them
+    /// ([`Vm::delete_context`] follows, once the callouts they dispatched are answered).
+    pub fn done_and_log(&mut self, context: u32) -> Result<(), Fault> {
         self.store.data_mut().effective_context = context;
         self.call(Callback::Done, |e| e.on_done.as_ref(), context)?;
         self.call(Callback::Log, |e| e.on_log.as_ref(), context)?;
-        self.call(Callback::Delete, |e| e.on_delete.as_ref(), context)?;
         Ok(())
+    }
+
+    /// `on_delete`: the context is gone.
+    pub fn delete_context(&mut self, context: u32) -> Result<(), Fault> {
+        self.store.data_mut().effective_context = context;
+        self.call(Callback::Delete, |e| e.on_delete.as_ref(), context)
+            .map(drop)
     }
 }
