@@ -19,9 +19,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::answers::{local_header, respond_json, send_failure, send_local, send_plugin_failure};
 use crate::cache::storage::MokaStorage;
 use crate::cache::{cacheability, key};
-use crate::answers::{local_header, respond_json, send_failure, send_local, send_plugin_failure};
 use crate::plugin::chain::{BodyStep, Chain, Outcome};
 use crate::plugin::state::LocalResponse;
 use crate::routing::CachePolicy;

@@ -173,9 +173,15 @@ mod tests {
     fn body_predicates() {
         assert!(!request_has_body(&request(&[("content-length", "0")])));
         assert!(request_has_body(&request(&[("content-length", "3")])));
-        assert!(request_has_body(&request(&[("transfer-encoding", "chunked")])));
+        assert!(request_has_body(&request(&[(
+            "transfer-encoding",
+            "chunked"
+        )])));
         assert!(!request_has_body(&request(&[])));
-        assert_eq!(content_length(&request(&[("content-length", "x")]).headers), None);
+        assert_eq!(
+            content_length(&request(&[("content-length", "x")]).headers),
+            None
+        );
         let get = RequestHeader::build("GET", b"/", None).unwrap();
         let head = RequestHeader::build("HEAD", b"/", None).unwrap();
         for (status, may) in [(200, true), (204, false), (304, false), (101, false)] {

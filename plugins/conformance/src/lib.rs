@@ -3,8 +3,12 @@
 //! `deny` (local 403), `trap` (panic), `loop` (spins past the CPU deadline), `bomb` (allocates
 //! past the memory cap), `count` (CAS increment of shared data), `callout` (asks the `authz`
 //! upstream, 200 resumes and 403 denies), `callout-unknown` (an upstream not allowed),
-//! `hold-then-trap` (buffers the response body, then traps at its end). With
-//! `tick_ms` in its config the root context ticks (and, with `tick_callout`, calls out).
+//! `hold-then-trap` (buffers the response body, then traps at its end),
+//! `deny-in-request-body` / `deny-in-response-body` (a local response from a body callback at
+//! the end of the stream), `callout-in-log` (asks `authz` from `on_log`; the answer's status
+//! lands in shared data). With `x-probe-target: <greeting>`, only the plugin configured with
+//! that greeting acts on the probe (chains of this plugin). With `tick_ms` in its config the
+//! root context ticks (and, with `tick_callout`, calls out).
 //! Every request also gets header edits both ways, config and property round trips, a metric.
 
 use std::rc::Rc;
@@ -157,6 +161,11 @@ impl Context for Probe {
         _trailers: usize,
     ) {
         let status = self.get_http_call_response_header(":status");
+        if self.probe == "callout-in-log" {
+            let status = status.unwrap_or_else(|| "failed".into());
+            let _ = self.set_shared_data("conformance/log-callout", Some(status.as_bytes()), None);
+            return;
+        }
         let body = self
             .get_http_call_response_body(0, 1024)
             .unwrap_or_default();
@@ -197,6 +206,17 @@ fn increment_shared(context: &dyn Context, key: &str) {
 }
 
 impl HttpContext for Probe {
+    fn on_log(&mut self) {
+        if self.probe == "callout-in-log" {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", "/log"),
+                (":authority", "authz"),
+            ];
+            let _ = self.dispatch_http_call("authz", headers, None, vec![], Duration::from_secs(5));
+        }
+    }
+
     fn on_http_request_headers(&mut self, _headers: usize, _end: bool) -> Action {
         let _ = proxy_wasm::hostcalls::increment_metric(self.requests_metric, 1);
         self.add_http_request_header("x-plugin-seen", "yes");
@@ -205,8 +225,13 @@ impl HttpContext for Probe {
         if let Some(client) = self.get_http_request_header("x-client") {
             self.set_property(vec!["conformance", "client"], Some(client.as_bytes()));
         }
-        self.probe = self.get_http_request_header("x-probe").unwrap_or_default();
-        match self.get_http_request_header("x-probe").as_deref() {
+        let targeted = self
+            .get_http_request_header("x-probe-target")
+            .is_none_or(|target| target == self.config.greeting);
+        if targeted {
+            self.probe = self.get_http_request_header("x-probe").unwrap_or_default();
+        }
+        match Some(self.probe.as_str()).filter(|p| !p.is_empty()) {
             Some("deny") => {
                 self.send_http_response(
                     403,
@@ -277,6 +302,14 @@ impl HttpContext for Probe {
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.probe == "deny-in-request-body" && end_of_stream {
+            self.send_http_response(
+                403,
+                vec![("x-denied-in", "request-body")],
+                Some(b"denied in body"),
+            );
+            return Action::Pause;
+        }
         if self.probe == "stream-body" {
             self.stream(0, size, end_of_stream);
         }
@@ -292,6 +325,10 @@ impl HttpContext for Probe {
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.probe == "deny-in-response-body" && end_of_stream {
+            self.send_http_response(403, vec![], Some(b"denied in response body"));
+            return Action::Pause;
+        }
         if self.probe == "stream-body" {
             self.stream(1, size, end_of_stream);
         }
@@ -336,10 +373,14 @@ impl HttpContext for Probe {
             ("conformance/tick-callout", "x-tick-callout"),
             ("conformance/streamed-request", "x-streamed-request"),
             ("conformance/streamed-response", "x-streamed-response"),
+            ("conformance/log-callout", "x-log-callout"),
         ] {
             if let (Some(value), _) = self.get_shared_data(key) {
                 self.set_http_response_header(header, Some(&String::from_utf8_lossy(&value)));
             }
+        }
+        if let Some(root_id) = self.get_property(vec!["plugin_root_id"]) {
+            self.set_http_response_header("x-root-id", Some(&String::from_utf8_lossy(&root_id)));
         }
         if let Some(cache) = self.get_http_response_header("x-cache") {
             self.set_http_response_header("x-seen-cache", Some(&cache));

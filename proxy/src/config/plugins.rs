@@ -33,6 +33,11 @@ pub struct PluginFile {
     /// Upstreams this plugin may `proxy_http_call`.
     #[serde(default)]
     pub allowed_upstreams: Vec<String>,
+    /// The root id the plugin reads as the `plugin_root_id` property (Envoy's `root_id`): SDKs
+    /// that host several root contexts in one module pick the one registered under it.
+    /// Default: the plugin's name.
+    #[serde(default)]
+    pub root_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -220,6 +225,7 @@ pub(super) fn validate(
             max_body_bytes: usize::try_from(p.limits.max_body_bytes).unwrap_or(usize::MAX),
             cpu_deadline: p.limits.cpu_deadline,
             allowed_upstreams: p.allowed_upstreams.clone(),
+            root_id: p.root_id.clone().unwrap_or_else(|| p.name.clone()),
         });
     }
     if host.shared_data.max_bytes < 1024 {

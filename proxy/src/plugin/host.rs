@@ -312,6 +312,7 @@ impl PluginHost {
                 })?;
             let shared = Arc::new(PluginShared {
                 name: spec.name.clone(),
+                root_id: spec.root_id.clone(),
                 config: spec.config.clone(),
                 vm_config: spec.vm_config.clone(),
                 allowed_upstreams: spec.allowed_upstreams.clone(),

@@ -28,12 +28,35 @@ fn out_of_bounds(ptr: u32, len: usize) -> wasmtime::Error {
 
 /// Copies `len` bytes at `ptr` out of the guest.
 pub fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
+    read_prefix(caller, ptr, len, usize::MAX)
+}
+
+/// Checks that `len` bytes at `ptr` lie in the guest's memory and copies at most `max` of them.
+pub fn read_prefix(
+    caller: &Caller<'_, HostState>,
+    ptr: u32,
+    len: u32,
+    max: usize,
+) -> wasmtime::Result<Vec<u8>> {
     let memory = memory(caller)?;
     let data = memory.data(caller);
     let len = usize::try_from(len)?;
     guest_range(data.len(), ptr, len)
-        .map(|range| data[range].to_vec())
+        .map(|range| data[range.start..range.start + len.min(max)].to_vec())
         .ok_or_else(|| out_of_bounds(ptr, len))
+}
+
+/// The guest's bytes `len` at `ptr`, to write in place (nothing is allocated on the host).
+pub fn guest_slice_mut<'a>(
+    caller: &'a mut Caller<'_, HostState>,
+    ptr: u32,
+    len: u32,
+) -> wasmtime::Result<&'a mut [u8]> {
+    let memory = memory(caller)?;
+    let data = memory.data_mut(caller);
+    let len = usize::try_from(len)?;
+    let range = guest_range(data.len(), ptr, len).ok_or_else(|| out_of_bounds(ptr, len))?;
+    Ok(&mut data[range])
 }
 
 /// Reads a UTF-8 string (lossily: header names and property paths are ASCII in practice).

@@ -50,6 +50,8 @@ pub struct PluginSpec {
     pub max_body_bytes: usize,
     pub cpu_deadline: Duration,
     pub allowed_upstreams: Vec<String>,
+    /// The `plugin_root_id` property (default: the name).
+    pub root_id: String,
 }
 
 /// Host-wide plugin settings, validated.

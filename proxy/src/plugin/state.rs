@@ -17,6 +17,7 @@ use super::stats::PluginStats;
 #[derive(Debug)]
 pub struct PluginShared {
     pub name: String,
+    pub root_id: String,
     pub config: Vec<u8>,
     pub vm_config: Vec<u8>,
     pub allowed_upstreams: Vec<String>,

@@ -107,7 +107,7 @@ pub fn read_metric(text: &str, series: &str) -> f64 {
 /// A plain-HTTP upstream answering every request with its method, path, headers and body as JSON.
 /// Query parameters `h-<name>=<value>` become response headers, `status=<code>` sets the
 /// status, `chunked=1` sends the body in two chunks (no Content-Length), `big=N` sends N bytes
-/// of `x` instead (chunked); `hits` counts requests.
+/// of `x` instead (chunked), `delay_ms=N` answers after N ms; `hits` counts requests.
 pub struct Echo {
     pub addr: SocketAddr,
     pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -156,6 +156,13 @@ pub async fn start_counting_echo() -> Echo {
                             "hit": n,
                         });
                         let query = req.uri.query().unwrap_or_default().to_string();
+                        if let Some((_, ms)) = form_urlencoded_pairs(&query)
+                            .into_iter()
+                            .find(|(k, _)| k == "delay_ms")
+                        {
+                            let ms = ms.parse::<u64>().unwrap();
+                            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        }
                         let body = bytes::Bytes::from(body.to_string());
                         let big = form_urlencoded_pairs(&query)
                             .into_iter()

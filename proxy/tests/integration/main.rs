@@ -5,6 +5,7 @@
 // Test helpers panic on failure by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abi_edges;
 mod auth_plugin;
 mod cache;
 mod cli;
@@ -13,6 +14,7 @@ mod downstream;
 mod hygiene;
 mod metrics_plugin;
 mod operations;
+mod plugin_chain;
 mod plugins;
 mod proxying;
 mod rate_limit_plugin;

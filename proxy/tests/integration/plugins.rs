@@ -352,6 +352,7 @@ fn bad_modules_and_rejected_configs_are_named() {
         max_body_bytes: 8 << 20,
         cpu_deadline: std::time::Duration::from_millis(100),
         allowed_upstreams: Vec::new(),
+        root_id: name.into(),
     };
     let settings = HostSettings {
         module_cache_dir: Some(dir.path().join("cache")),
@@ -388,33 +389,12 @@ fn bad_modules_and_rejected_configs_are_named() {
     assert_eq!(e.to_string(), "plugin `alien`: the module imports `env::proxy_teleport`, which this host does not provide");
 }
 
-/// A minimal binary module exporting the ABI marker and importing `env.proxy_teleport`.
+/// A minimal module exporting the ABI marker and importing `env.proxy_teleport`.
 fn wat_module() -> Vec<u8> {
-    let mut m = vec![0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
-    // type section: one type () -> ()
-    m.extend([0x01, 0x04, 0x01, 0x60, 0x00, 0x00]);
-    // import section: env.proxy_teleport func type 0
-    let mut import = vec![0x01, 0x03];
-    import.extend(b"env");
-    import.push(14);
-    import.extend(b"proxy_teleport");
-    import.extend([0x00, 0x00]);
-    m.push(0x02);
-    m.push(import.len() as u8);
-    m.extend(import);
-    // function section: one function of type 0
-    m.extend([0x03, 0x02, 0x01, 0x00]);
-    // export section: proxy_abi_version_0_2_1 -> func 1
-    let name = b"proxy_abi_version_0_2_1";
-    let mut export = vec![0x01, name.len() as u8];
-    export.extend(name);
-    export.extend([0x00, 0x01]);
-    m.push(0x07);
-    m.push(export.len() as u8);
-    m.extend(export);
-    // code section: one empty body
-    m.extend([0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b]);
-    m
+    wat::parse_str(
+        r#"(module (import "env" "proxy_teleport" (func)) (func (export "proxy_abi_version_0_2_1")))"#,
+    )
+    .unwrap()
 }
 
 /// Regression: a plugin that held the response body and then failed gave the client a generic

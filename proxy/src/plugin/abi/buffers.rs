@@ -22,10 +22,9 @@ fn body_kind(buffer: u32) -> Option<BodyKind> {
     }
 }
 
-/// A copy of the part of buffer `buffer` in `[start, start + max)`; `None` when the buffer is not
-/// available in this callback.
-fn read(state: &HostState, buffer: u32, start: usize, max: usize) -> Option<Vec<u8>> {
-    let whole: &[u8] = match buffer {
+/// Buffer `buffer` whole; `None` when it is not available in this callback.
+fn whole(state: &HostState, buffer: u32) -> Option<&[u8]> {
+    Some(match buffer {
         VM_CONFIGURATION => &state.plugin.vm_config,
         PLUGIN_CONFIGURATION => &state.plugin.config,
         CALL_RESPONSE_BODY => &state.callout_response.as_ref()?.body,
@@ -36,10 +35,21 @@ fn read(state: &HostState, buffer: u32, start: usize, max: usize) -> Option<Vec<
                 _ => return None,
             }
         }
-    };
+    })
+}
+
+/// A copy of the part of buffer `buffer` in `[start, start + max)`.
+fn read(state: &HostState, buffer: u32, start: usize, max: usize) -> Option<Vec<u8>> {
+    let whole = whole(state, buffer)?;
     let start = start.min(whole.len());
     let end = start.saturating_add(max).min(whole.len());
     Some(whole[start..end].to_vec())
+}
+
+/// The configurations always exist, empty or not: an empty one reads as an empty buffer, not
+/// NotFound (the AssemblyScript SDK treats any status but Ok there as fatal).
+fn always_present(buffer: u32) -> bool {
+    matches!(buffer, VM_CONFIGURATION | PLUGIN_CONFIGURATION)
 }
 
 pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
@@ -53,12 +63,27 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
          size_out: u32|
          -> wasmtime::Result<u32> {
             match read(caller.data(), buffer, start as usize, max as usize) {
-                Some(bytes) if !bytes.is_empty() => {
+                Some(bytes) if !bytes.is_empty() || always_present(buffer) => {
                     memory::give(&mut caller, &bytes, data_out, size_out)?;
                     Ok(status::OK)
                 }
                 _ => Ok(status::NOT_FOUND),
             }
+        },
+    )?;
+    r.env(
+        "proxy_get_buffer_status",
+        |mut caller: Caller<'_, HostState>,
+         buffer: u32,
+         length_out: u32,
+         flags_out: u32|
+         -> wasmtime::Result<u32> {
+            let Some(length) = whole(caller.data(), buffer).map(<[u8]>::len) else {
+                return Ok(status::NOT_FOUND);
+            };
+            memory::write_u32(&mut caller, length_out, u32::try_from(length)?)?;
+            memory::write_u32(&mut caller, flags_out, 0)?;
+            Ok(status::OK)
         },
     )?;
     r.env(

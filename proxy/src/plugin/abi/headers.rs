@@ -241,6 +241,14 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
         },
     )?;
     r.env(
+        "proxy_get_header_map_size",
+        |mut caller: Caller<'_, HostState>, map: u32, size_out: u32| -> wasmtime::Result<u32> {
+            let size = pairs::serialize(&pairs_of(caller.data(), map)).len();
+            memory::write_u32(&mut caller, size_out, u32::try_from(size)?)?;
+            Ok(status::OK)
+        },
+    )?;
+    r.env(
         "proxy_set_header_map_pairs",
         |mut caller: Caller<'_, HostState>,
          map: u32,

@@ -39,6 +39,22 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
             Ok(status::OK)
         },
     )?;
+    // AssemblyScript's runtime calls `abort(message, file, line, column)` on a failed
+    // assertion or an unreachable path: the VM faults like on any trap.
+    r.env(
+        "abort",
+        |caller: Caller<'_, HostState>,
+         _message: u32,
+         _file: u32,
+         line: u32,
+         column: u32|
+         -> wasmtime::Result<()> {
+            Err(wasmtime::Error::msg(format!(
+                "plugin `{}` called abort (line {line}, column {column})",
+                caller.data().plugin.name
+            )))
+        },
+    )?;
     r.env(
         "proxy_get_log_level",
         |mut caller: Caller<'_, HostState>, out: u32| -> wasmtime::Result<u32> {

@@ -58,13 +58,15 @@ impl Registrar<'_> {
         self.add("env", name, func)
     }
 
-    /// A `wasi_snapshot_preview1` function.
+    /// A WASI preview 1 function, under both of its module names: `wasi_snapshot_preview1`
+    /// and the older `wasi_unstable` (which AssemblyScript SDK plugins import).
     pub fn wasi<Params, Results>(
         &mut self,
         name: &'static str,
-        func: impl IntoFunc<HostState, Params, Results>,
+        func: impl IntoFunc<HostState, Params, Results> + Clone,
     ) -> wasmtime::Result<()> {
-        self.add("wasi_snapshot_preview1", name, func)
+        self.add("wasi_snapshot_preview1", name, func.clone())?;
+        self.add("wasi_unstable", name, func)
     }
 }
 

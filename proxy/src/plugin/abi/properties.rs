@@ -35,7 +35,8 @@ pub fn lookup(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
     let exchange = &state.exchange;
     let text = |s: &str| Some(s.as_bytes().to_vec());
     match &segments[..count] {
-        ["plugin_name"] | ["plugin_root_id"] => text(&state.plugin.name),
+        ["plugin_name"] => text(&state.plugin.name),
+        ["plugin_root_id"] => text(&state.plugin.root_id),
         ["request", "path"] => text(request?.uri.path_and_query().map_or("/", |p| p.as_str())),
         ["request", "url_path"] => text(request?.uri.path()),
         ["request", "query"] => text(request?.uri.query().unwrap_or_default()),

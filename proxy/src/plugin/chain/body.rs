@@ -112,7 +112,14 @@ impl Chain {
         };
         let mut from = 0;
         loop {
-            let pass = self.pass(plugins, BodyKind::Request, request, from, data, end_of_stream);
+            let pass = self.pass(
+                plugins,
+                BodyKind::Request,
+                request,
+                from,
+                data,
+                end_of_stream,
+            );
             let (at, index, action, pending, passed) = match pass {
                 Pass::Done(step) => return Ok(step),
                 Pass::Answer(answer) => return Err(answer),

@@ -5,9 +5,9 @@
 //! `cache-control: no-store`; what went wrong inside the plugin (a trap's wasm backtrace, say)
 //! goes to the log only.
 
+use super::super::host::RunningPlugin;
 use super::super::state::{BodyKind, LocalResponse};
 use super::super::{FailureMode, Fault, PluginError};
-use super::super::host::RunningPlugin;
 use super::Chain;
 
 /// Why a plugin's callback did not complete for a request.

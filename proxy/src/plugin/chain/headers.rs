@@ -30,7 +30,8 @@ impl Chain {
         request: &mut RequestHeader,
         callouts: &Callouts,
     ) -> Outcome {
-        self.request_body.announce(framing::content_length(&request.headers));
+        self.request_body
+            .announce(framing::content_length(&request.headers));
         let end_of_stream = !framing::request_has_body(request);
         self.run(
             plugins,
