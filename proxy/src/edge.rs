@@ -518,6 +518,9 @@ impl ProxyHttp for EdgeProxy {
             )
             .await;
         match step {
+            // At the end, nothing is `None`: an empty chunk there would be written after the
+            // body's end (Pingora warns "Upstream body is already finished").
+            Ok(BodyStep::Forward(bytes)) if bytes.is_empty() && end_of_stream => *body = None,
             Ok(BodyStep::Forward(bytes)) => *body = Some(bytes),
             Ok(BodyStep::Hold) => *body = Some(Bytes::new()),
             Err(answer) => return plugin_body_failure(ctx, answer),

@@ -16,6 +16,7 @@ pub mod framing;
 pub mod generation;
 pub mod header_deadline;
 pub mod hygiene;
+pub mod listening;
 pub mod metrics;
 pub mod normalize;
 pub mod plugin;

@@ -54,6 +54,26 @@ enum Command {
     PrintDefaultConfig,
 }
 
+/// Prints that the proxy listens once its data-plane port really does (every plugin loaded
+/// before the server starts binding), so whoever waits for the line can send at once.
+fn announce_when_listening(listen: std::net::SocketAddr, admin: std::net::SocketAddr) {
+    let pid = std::process::id();
+    let spawned = std::thread::Builder::new()
+        .name("announce".into())
+        .spawn(move || {
+            if edge_proxy::listening::wait_for_tcp(listen, std::time::Duration::from_secs(60)) {
+                println!(
+                    "edge-proxy (pid {pid}) listening on http://{listen} (admin http://{admin})"
+                );
+            } else {
+                eprintln!("edge-proxy (pid {pid}): not listening on {listen} after 60 s");
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("edge-proxy: cannot start the announcement thread: {e}");
+    }
+}
+
 /// `edge-proxy reload`: `POST /config/reload` on the instance's admin listener.
 fn reload(cfg: &RuntimeConfig) -> ExitCode {
     use std::io::{Read, Write};
@@ -110,7 +130,10 @@ fn load(path: &Path) -> Result<RuntimeConfig, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Logs go to stderr; stdout carries only what a command prints as its result (the
+    // `listening` line of `run`, the default config, `check`'s verdict).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -191,10 +214,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
                 let server = built.server;
-                println!(
-                    "edge-proxy (pid {}) listening on http://{listen} (admin http://{admin})",
-                    std::process::id(),
-                );
+                announce_when_listening(listen, admin);
                 let signals =
                     edge_proxy::StopSignals::unix(upgrade_sock, upgrade_timeout, draining);
                 server.run(RunArgs {

@@ -46,6 +46,9 @@ const IMPORTS: &str = r#"
   (import "env" "proxy_get_buffer_bytes" (func $buffer_bytes (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "abort" (func $abort (param i32 i32 i32 i32)))
   (import "wasi_unstable" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+"#;
+
+const RANDOM_IMPORT: &str = r#"
   (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
 "#;
 
@@ -84,7 +87,7 @@ fn start(echo: SocketAddr) -> Proxy {
         let random = module(
             dir,
             "random",
-            IMPORTS,
+            RANDOM_IMPORT,
             "(drop (call $random_get (i32.const 0) (i32.const 0xFFFF0000)))",
         );
         // 2^32 - 1 iovecs, each naming the whole memory.

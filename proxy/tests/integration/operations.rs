@@ -522,3 +522,72 @@ async fn upgrades_and_reloads_under_load_lose_no_request() {
     eprintln!("upgrades and reloads under load: {ok} requests, {errors} errors");
     current.signal("TERM");
 }
+
+/// Regressions: `run` printed that it listened before it did; a proxied request on a plugin
+/// route logged Pingora's "Upstream body is already finished" warning (the request body
+/// filter handed it an empty chunk after the end of a bodiless request). Now the line comes
+/// once the port listens (a request sent right after it succeeds), and nothing is logged
+/// at `warn` for well-formed traffic.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_announces_when_ready_and_plugin_routes_log_no_spurious_warnings() {
+    use std::io::{BufRead, Read};
+    let echo = start_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let plugins = format!(
+        "plugins:\n  - {{ name: probe, module: {} }}\n",
+        plugin_wasm("conformance").display()
+    );
+    let config = ports.write(
+        dir.path(),
+        "edge.yaml",
+        echo,
+        &plugins,
+        ", plugins: [probe], cache: { enabled: true, default_ttl: 10s }",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-proxy"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    let http = client();
+    for _ in 0..5 {
+        assert_eq!(status(&http, ports.listen, "/get").await, 200);
+        let posted = http
+            .post(format!("http://{}/post", ports.listen))
+            .body("a body")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 200);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut logged = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logged)
+        .unwrap();
+    assert!(!logged.contains("already finished"), "{logged}");
+    // (pingora-cache's one start-up note about compression dictionaries aside)
+    let warnings = logged
+        .lines()
+        .filter(|l| l.contains("WARN") && !l.contains("pingora_cache::meta"));
+    assert_eq!(warnings.count(), 0, "{logged}");
+}
