@@ -40,10 +40,14 @@ setup:
 
 # Plugins are their own cargo workspace (target wasm32-wasip1); the modules land in
 # plugins/target/wasm32-wasip1/release/*.wasm, where the configs point.
+# shop-edge links the other plugins' filter steps without their `_initialize`: it is built in
+# its own cargo invocation (features unify within one), hence the second line of each pair.
 plugins: setup
 	$(CARGO) build --release --target wasm32-wasip1 --manifest-path plugins/Cargo.toml
+	$(CARGO) build --release --target wasm32-wasip1 --manifest-path plugins/Cargo.toml -p shop-edge
 	$(CARGO) fmt --manifest-path plugins/Cargo.toml --all -- --check
 	$(CARGO) clippy --manifest-path plugins/Cargo.toml --release --target wasm32-wasip1 -- -D warnings
+	$(CARGO) clippy --manifest-path plugins/Cargo.toml --release --target wasm32-wasip1 -p shop-edge -- -D warnings
 
 # The origin runs in the background (its state, CA included, is prepared first); the proxy in
 # the foreground. Ctrl-C stops the proxy, and the trap stops the origin.
@@ -72,7 +76,9 @@ check-configs:
 # The plugins' own logic is unit-tested natively (host target); the proxy's tests drive the .wasm.
 plugin-tests: setup
 	$(CARGO) clippy --manifest-path plugins/Cargo.toml --all-targets -- -D warnings
+	$(CARGO) clippy --manifest-path plugins/Cargo.toml --all-targets -p shop-edge -- -D warnings
 	$(CARGO) test --manifest-path plugins/Cargo.toml
+	$(CARGO) test --manifest-path plugins/Cargo.toml -p shop-edge
 
 test: setup plugins plugin-tests lint check-configs
 	$(CARGO) test --workspace
@@ -82,6 +88,7 @@ bench: plugins
 	$(CARGO) run --release -p edge-benches --bin proxy-transport
 	$(CARGO) run --release -p edge-benches --bin cache-hit
 	$(CARGO) run --release -p edge-benches --bin plugin-overhead
+	$(CARGO) run --release -p edge-benches --bin plugin-overhead -- --fetch
 	$(CARGO) bench -p edge-benches --bench plugin_callback
 
 # Not part of `bench` (about 2 minutes, ~400 MiB): 1,000,000 distinct keys through the proxy.

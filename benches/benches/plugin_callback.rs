@@ -54,6 +54,7 @@ fn spec(name: &str, wasm: &str, config: serde_json::Value) -> PluginSpec {
         max_body_bytes: 8 << 20,
         cpu_deadline: Duration::from_millis(100),
         allowed_upstreams: Vec::new(),
+        root_id: name.into(),
     }
 }
 

@@ -1,8 +1,9 @@
-//! What proxy-wasm plugins cost end to end: throughput through four proxies in one process - no
-//! plugin, one no-op plugin, three no-op plugins, and the production chain (auth by API key ->
-//! rate-limit -> metrics-export, with a limit high enough never to refuse) - alternating rounds
-//! in one run, each proxy with the same 2 worker threads. Every request carries the API key,
-//! whatever the proxy. Two workloads:
+//! What proxy-wasm plugins cost end to end: throughput and CPU per request through five proxies
+//! in one process - no plugin, one no-op plugin, three no-op plugins, the production plugins as
+//! three separate plugins (auth by API key -> rate-limit -> metrics-export, with a limit high
+//! enough never to refuse), and the same three as one merged plugin (`shop-edge`, the shipped
+//! chain) - alternating rounds in one run, each proxy with the same 2 worker threads. Every
+//! request carries the API key, whatever the proxy. Two workloads:
 //!   - cache hits (default): `category=polo` served from the edge cache, the least work a proxy
 //!     does for a request, so what plugins add weighs the most;
 //!   - `--fetch`: every request goes to the origin (the route has no cache) over the pooled,
@@ -35,8 +36,8 @@ struct Args {
     /// The plugin module every plugin slot runs.
     #[arg(long, default_value = "plugins/target/wasm32-wasip1/release/noop.wasm")]
     module: std::path::PathBuf,
-    /// Load only one proxy (0, 1 or 3 no-op plugins, 4 for the production chain), e.g. to
-    /// profile it.
+    /// Load only one proxy (0, 1 or 3 no-op plugins, 4 for the three production plugins, 5
+    /// for the merged `shop-edge`), e.g. to profile it.
     #[arg(long)]
     only: Option<usize>,
     /// The production proxy's chain (a subset of the three, e.g. `rate-limit` to see one).
@@ -110,6 +111,14 @@ fn production_plugins(dir: &Path) -> String {
         auth = module("auth"),
         limit = module("rate_limit"),
         metrics = module("metrics_export"),
+    )
+}
+
+/// The merged plugin with the same three configurations, as its sections.
+fn merged_plugin(dir: &Path) -> String {
+    format!(
+        "  - {{ name: shop-edge, module: {module}, config: {{ auth: {{ protected_prefixes: [/api/], api_keys: [{{ client_id: bench, key: {API_KEY} }}] }}, rate_limit: {{ rules: [{{ name: catalog, path_prefix: /api/, rate_per_second: 1000000, burst: 1000000000 }}] }}, metrics: {{ categories: [polo, tee], client_classes: {{ \"bench\": internal }} }} }} }}\n",
+        module = dir.join("shop_edge.wasm").display(),
     )
 }
 
@@ -217,7 +226,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
         workload,
     )?;
-    let specs: Vec<load::LoadSpec> = [&none, &one, &three, &shop]
+    let merged = proxy(
+        &dir.path().join("merged"),
+        addr,
+        &ca,
+        &merged_plugin(modules),
+        &["shop-edge"],
+        workload,
+    )?;
+    let specs: Vec<load::LoadSpec> = [&none, &one, &three, &shop, &merged]
         .iter()
         .map(|p| {
             let mut spec = args.load.spec(p.listen, &path, None)?;
@@ -243,16 +260,17 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         (1, "1 no-op plugin", &specs[1]),
         (3, "3 no-op plugins", &specs[2]),
         (4, "auth+rate-limit+metrics", &specs[3]),
+        (5, "shop-edge (merged)", &specs[4]),
     ];
     let chosen: Vec<(&str, &load::LoadSpec)> = targets
         .iter()
         .filter(|(n, _, _)| args.only.is_none_or(|only| only == *n))
         .map(|(_, name, spec)| (*name, *spec))
         .collect();
-    anyhow::ensure!(!chosen.is_empty(), "--only takes 0, 1, 3 or 4");
+    anyhow::ensure!(!chosen.is_empty(), "--only takes 0, 1, 3, 4 or 5");
     let series = rig::alternate(args.load.rounds, &chosen).await?;
     println!("{}", report::summary(&series, &series[0]));
-    for p in [none, one, three, shop] {
+    for p in [none, one, three, shop, merged] {
         tokio::task::spawn_blocking(move || p.stop()).await?;
     }
     origin.stop().await;

@@ -1,7 +1,10 @@
 //! The decision for one request, pure so it unit-tests natively: public path, authenticated
 //! client (by API key or JWT), or a 401 with its challenge.
 
+use std::rc::Rc;
+
 use crate::config::Settings;
+use crate::credentials::Verified;
 use crate::jwt;
 
 /// What the request presented.
@@ -18,7 +21,7 @@ pub enum Decision {
     /// The path needs no credentials.
     Public,
     Allowed {
-        client_id: String,
+        client_id: Rc<str>,
     },
     Denied(Denial),
 }
@@ -64,17 +67,32 @@ fn bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Decides for a request to `path` (no query) at `now` (seconds since the epoch).
-pub fn decide(settings: &Settings, path: &str, creds: Credentials<'_>, now: u64) -> Decision {
+/// The client of API key `key`: remembered, or checked (and remembered when valid).
+fn client_of_key(settings: &Settings, verified: &mut Verified, key: &str) -> Option<Rc<str>> {
+    if let Some(client) = verified.key(key) {
+        return Some(client);
+    }
+    let client: Rc<str> = settings.api_keys.client_for(key)?.into();
+    verified.remember_key(key, client.clone());
+    Some(client)
+}
+
+/// Decides for a request to `path` (no query) at `now` (seconds since the epoch); `verified`
+/// remembers the credentials already checked.
+pub fn decide(
+    settings: &Settings,
+    path: &str,
+    creds: Credentials<'_>,
+    now: u64,
+    verified: &mut Verified,
+) -> Decision {
     if !settings.rules.needs_auth(path) {
         return Decision::Public;
     }
     let realm = settings.realm.as_str();
     if let Some(key) = creds.api_key {
-        return match settings.api_keys.client_for(key.trim()) {
-            Some(id) => Decision::Allowed {
-                client_id: id.to_string(),
-            },
+        return match client_of_key(settings, verified, key.trim()) {
+            Some(client_id) => Decision::Allowed { client_id },
             None => Decision::Denied(Denial::invalid(realm, "unknown API key")),
         };
     }
@@ -89,16 +107,21 @@ pub fn decide(settings: &Settings, path: &str, creds: Credentials<'_>, now: u64)
     };
     match &settings.jwt {
         Some((jwks, rules)) if jwt::looks_like_jwt(token) => {
+            if let Some(client_id) = verified.token(token, now) {
+                return Decision::Allowed { client_id };
+            }
             match jwt::verify(token, jwks, rules, now) {
-                Ok(client_id) => Decision::Allowed { client_id },
+                Ok(ok) => {
+                    let client_id: Rc<str> = ok.client_id.into();
+                    verified.remember_token(token, client_id.clone(), ok.valid_until);
+                    Decision::Allowed { client_id }
+                }
                 Err(e) => Decision::Denied(Denial::invalid(realm, &e.to_string())),
             }
         }
         // A bearer that is no JWT may be an API key.
-        _ => match settings.api_keys.client_for(token) {
-            Some(id) => Decision::Allowed {
-                client_id: id.to_string(),
-            },
+        _ => match client_of_key(settings, verified, token) {
+            Some(client_id) => Decision::Allowed { client_id },
             None => Decision::Denied(Denial::invalid(realm, "unknown bearer credentials")),
         },
     }
@@ -134,7 +157,8 @@ mod tests {
                 &s,
                 "/api/v1/products",
                 creds(Some("dev-local-key"), None),
-                0
+                0,
+                &mut Verified::default()
             ),
             allowed
         );
@@ -143,7 +167,8 @@ mod tests {
                 &s,
                 "/api/v1/products",
                 creds(None, Some("bearer dev-local-key")),
-                0
+                0,
+                &mut Verified::default()
             ),
             allowed
         );
@@ -152,31 +177,86 @@ mod tests {
     #[test]
     fn missing_and_wrong_credentials_are_denied_with_a_challenge() {
         let s = settings();
-        let Decision::Denied(d) = decide(&s, "/api/v1/products", creds(None, None), 0) else {
+        let Decision::Denied(d) = decide(
+            &s,
+            "/api/v1/products",
+            creds(None, None),
+            0,
+            &mut Verified::default(),
+        ) else {
             panic!("expected a denial");
         };
         assert_eq!(d.challenge, "Bearer realm=\"catalog\"");
-        let Decision::Denied(d) = decide(&s, "/api/v1/products", creds(Some("nope"), None), 0)
-        else {
+        let Decision::Denied(d) = decide(
+            &s,
+            "/api/v1/products",
+            creds(Some("nope"), None),
+            0,
+            &mut Verified::default(),
+        ) else {
             panic!("expected a denial");
         };
         assert!(d.challenge.contains("error=\"invalid_token\""));
         assert!(d.body().contains("\"unauthorized\""));
-        let Decision::Denied(d) = decide(&s, "/api/x", creds(None, Some("Basic abc")), 0) else {
+        let Decision::Denied(d) = decide(
+            &s,
+            "/api/x",
+            creds(None, Some("Basic abc")),
+            0,
+            &mut Verified::default(),
+        ) else {
             panic!("expected a denial");
         };
         assert!(d.message.contains("Bearer"));
     }
 
     #[test]
+    fn a_verified_key_is_remembered_and_a_wrong_one_never_is() {
+        let s = settings();
+        let mut verified = Verified::default();
+        let path = "/api/v1/products";
+        for _ in 0..2 {
+            let allowed = decide(
+                &s,
+                path,
+                creds(Some("dev-local-key"), None),
+                0,
+                &mut verified,
+            );
+            assert_eq!(
+                allowed,
+                Decision::Allowed {
+                    client_id: "local".into()
+                }
+            );
+        }
+        assert_eq!(verified.key("dev-local-key").as_deref(), Some("local"));
+        let wrong = decide(&s, path, creds(Some("guess"), None), 0, &mut verified);
+        assert!(matches!(wrong, Decision::Denied(_)));
+        assert_eq!(verified.key("guess"), None);
+    }
+
+    #[test]
     fn public_paths_need_nothing() {
         let s = settings();
         assert_eq!(
-            decide(&s, "/api/v1/categories", creds(None, None), 0),
+            decide(
+                &s,
+                "/api/v1/categories",
+                creds(None, None),
+                0,
+                &mut Verified::default()
+            ),
             Decision::Public
         );
         assert_eq!(
-            decide(&s, "/healthz", creds(None, None), 0),
+            decide(
+                &s,
+                "/healthz",
+                creds(None, None),
+                0,
+                &mut Verified::default()
+            ),
             Decision::Public
         );
     }

@@ -201,8 +201,16 @@ pub fn looks_like_jwt(token: &str) -> bool {
     token.split('.').count() == 3
 }
 
-/// Verifies `token` at `now` (seconds since the epoch) and returns the client id claim.
-pub fn verify(token: &str, jwks: &Jwks, rules: &JwtRules, now: u64) -> Result<String, JwtError> {
+/// A verified token: its client id claim, and until when it stays valid (`exp` plus the
+/// leeway, in seconds since the epoch; `None` when it has no `exp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub client_id: String,
+    pub valid_until: Option<u64>,
+}
+
+/// Verifies `token` at `now` (seconds since the epoch).
+pub fn verify(token: &str, jwks: &Jwks, rules: &JwtRules, now: u64) -> Result<Verified, JwtError> {
     let mut parts = token.split('.');
     let (Some(head), Some(body), Some(sig), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -262,8 +270,10 @@ fn check_signature(key: &KeyMaterial, signed: &[u8], signature: &[u8]) -> bool {
     }
 }
 
-fn check_claims(claims: &Value, rules: &JwtRules, now: u64) -> Result<String, JwtError> {
+fn check_claims(claims: &Value, rules: &JwtRules, now: u64) -> Result<Verified, JwtError> {
     let number = |name: &str| claims.get(name).and_then(Value::as_f64);
+    let valid_until =
+        number("exp").map(|exp| (exp.max(0.0) as u64).saturating_add(rules.leeway_seconds));
     match number("exp") {
         Some(exp) if (now as f64) > exp + rules.leeway_seconds as f64 => {
             return Err(JwtError::Expired)
@@ -299,7 +309,10 @@ fn check_claims(claims: &Value, rules: &JwtRules, now: u64) -> Result<String, Jw
         .get(&rules.client_id_claim)
         .and_then(Value::as_str)
         .filter(|id| !id.is_empty())
-        .map(str::to_string)
+        .map(|id| Verified {
+            client_id: id.to_string(),
+            valid_until,
+        })
         .ok_or_else(|| JwtError::MissingClaim(rules.client_id_claim.clone()))
 }
 
@@ -367,17 +380,22 @@ mod tests {
         json!({"sub": "client-7", "iss": "https://auth.shop", "aud": ["other", "catalog"], "exp": NOW + 60})
     }
 
+    fn client_7() -> Result<Verified, JwtError> {
+        let leeway = rules().leeway_seconds;
+        Ok(Verified {
+            client_id: "client-7".into(),
+            valid_until: Some(NOW + 60 + leeway),
+        })
+    }
+
     #[test]
     fn accepts_valid_hs256_and_es256() {
         let hs = hs256(json!({"alg":"HS256","kid":"hs"}), claims());
-        assert_eq!(verify(&hs, &jwks(), &rules(), NOW), Ok("client-7".into()));
-        assert_eq!(
-            verify(&es256(claims()), &jwks(), &rules(), NOW),
-            Ok("client-7".into())
-        );
+        assert_eq!(verify(&hs, &jwks(), &rules(), NOW), client_7());
+        assert_eq!(verify(&es256(claims()), &jwks(), &rules(), NOW), client_7());
         // No kid: every key of the algorithm is tried.
         let hs = hs256(json!({"alg":"HS256"}), claims());
-        assert_eq!(verify(&hs, &jwks(), &rules(), NOW), Ok("client-7".into()));
+        assert_eq!(verify(&hs, &jwks(), &rules(), NOW), client_7());
     }
 
     #[test]

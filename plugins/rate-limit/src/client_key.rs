@@ -4,21 +4,36 @@
 //! credential nobody verified (an `x-api-key` on a public path) never names a bucket: random
 //! keys would each get a fresh burst.
 
-/// The bucket owner for a request.
-pub fn client_key(
+/// The bucket owner for a request, appended to `out` (`client:<id>` or `addr:<host>`).
+pub fn push_client_key(
+    out: &mut String,
     client_id: Option<&str>,
     trusted_address: Option<&str>,
     source: Option<&str>,
-) -> String {
+) {
     if let Some(id) = client_id.filter(|s| !s.is_empty()) {
-        return format!("client:{id}");
+        out.push_str("client:");
+        out.push_str(id);
+        return;
     }
     let address = trusted_address
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .or(source)
         .map_or("unknown", host_of);
-    format!("addr:{address}")
+    out.push_str("addr:");
+    out.push_str(address);
+}
+
+/// The bucket owner for a request, as its own string.
+pub fn client_key(
+    client_id: Option<&str>,
+    trusted_address: Option<&str>,
+    source: Option<&str>,
+) -> String {
+    let mut out = String::new();
+    push_client_key(&mut out, client_id, trusted_address, source);
+    out
 }
 
 /// `1.2.3.4:5678` -> `1.2.3.4`, `[::1]:5678` -> `::1`.

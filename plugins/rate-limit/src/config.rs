@@ -57,13 +57,14 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Whether the rule applies to `path` with these decoded-as-is query pairs.
-    pub fn matches(&self, path: &str, query: &[(&str, &str)]) -> bool {
+    /// Whether the rule applies to `path` with this query string (pairs matched as sent, not
+    /// percent-decoded; nothing is allocated).
+    pub fn matches(&self, path: &str, query: &str) -> bool {
         path.starts_with(self.path_prefix.as_str())
             && self
                 .query
                 .iter()
-                .all(|(k, v)| query.iter().any(|(qk, qv)| qk == k && qv == v))
+                .all(|(k, v)| query_pairs(query).any(|(qk, qv)| qk == k && qv == v))
     }
 }
 
@@ -118,19 +119,18 @@ impl Settings {
         })
     }
 
-    /// The first rule for the request.
-    pub fn rule_for(&self, path: &str, query: &[(&str, &str)]) -> Option<&Rule> {
+    /// The first rule for the request (`query`: the target's query string, without `?`).
+    pub fn rule_for(&self, path: &str, query: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches(path, query))
     }
 }
 
 /// `a=1&b=2` -> pairs (no percent-decoding: rule values are matched as sent).
-pub fn query_pairs(query: &str) -> Vec<(&str, &str)> {
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect()
 }
 
 #[cfg(test)]
@@ -145,11 +145,11 @@ mod tests {
                 {"name":"api","path_prefix":"/api/","rate_per_second":10,"burst":20}]}"#,
         )
         .unwrap();
-        let q = query_pairs("limit=5&category=polo");
-        assert_eq!(s.rule_for("/api/v1/products", &q).unwrap().name, "polo");
-        let q = query_pairs("category=tee");
-        assert_eq!(s.rule_for("/api/v1/products", &q).unwrap().name, "api");
-        assert!(s.rule_for("/healthz", &[]).is_none());
+        let polo = s.rule_for("/api/v1/products", "limit=5&category=polo");
+        assert_eq!(polo.unwrap().name, "polo");
+        let tee = s.rule_for("/api/v1/products", "category=tee");
+        assert_eq!(tee.unwrap().name, "api");
+        assert!(s.rule_for("/healthz", "").is_none());
     }
 
     #[test]

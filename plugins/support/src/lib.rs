@@ -1,7 +1,8 @@
 //! The root context the production plugins share: `on_configure` parses the plugin config
 //! with the plugin's own checker (a refusal is logged with the key path and fails the start, so
-//! `edge-proxy check` names the plugin), and each HTTP context is built around the parsed
-//! settings. Also [`CREATE_ONLY`], the CAS token that makes a shared-data write create-if-absent.
+//! `edge-proxy check` names the plugin) and builds the VM's working state from it (settings,
+//! per-VM caches), around which each HTTP context is made. Also [`CREATE_ONLY`], the CAS token
+//! that makes a shared-data write create-if-absent, and [`decimal`] (integers without `fmt`).
 
 use std::rc::Rc;
 
@@ -19,35 +20,46 @@ pub const CREATE_ONLY: Option<u32> = Some(u32::MAX);
 /// Parses raw config bytes into settings, or says which key is wrong.
 pub type Parse<S> = fn(&[u8]) -> Result<S, String>;
 
-/// Builds the HTTP context of one request around the settings.
-pub type MakeContext<S> = Box<dyn Fn(Rc<S>) -> Box<dyn HttpContext>>;
+/// Builds a VM's working state (what its requests share: settings, caches) from the settings.
+pub type Build<S, P> = Box<dyn Fn(Rc<S>) -> P>;
 
-pub struct ConfiguredRoot<S> {
+/// Builds the HTTP context of one request around the VM's state.
+pub type MakeContext<P> = Box<dyn Fn(&P) -> Box<dyn HttpContext>>;
+
+pub struct ConfiguredRoot<S, P> {
     plugin: &'static str,
     parse: Parse<S>,
-    make: MakeContext<S>,
-    settings: Rc<S>,
+    build: Build<S, P>,
+    make: MakeContext<P>,
+    state: P,
 }
 
-impl<S: Default> ConfiguredRoot<S> {
-    pub fn new(plugin: &'static str, parse: Parse<S>, make: MakeContext<S>) -> Self {
+impl<S: Default, P> ConfiguredRoot<S, P> {
+    pub fn new(
+        plugin: &'static str,
+        parse: Parse<S>,
+        build: Build<S, P>,
+        make: MakeContext<P>,
+    ) -> Self {
+        let state = build(Rc::new(S::default()));
         Self {
             plugin,
             parse,
+            build,
             make,
-            settings: Rc::new(S::default()),
+            state,
         }
     }
 }
 
-impl<S> Context for ConfiguredRoot<S> {}
+impl<S, P> Context for ConfiguredRoot<S, P> {}
 
-impl<S: 'static> RootContext for ConfiguredRoot<S> {
+impl<S: 'static, P: 'static> RootContext for ConfiguredRoot<S, P> {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match (self.parse)(&bytes) {
             Ok(settings) => {
-                self.settings = Rc::new(settings);
+                self.state = (self.build)(Rc::new(settings));
                 true
             }
             Err(e) => {
@@ -62,6 +74,34 @@ impl<S: 'static> RootContext for ConfiguredRoot<S> {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some((self.make)(self.settings.clone()))
+        Some((self.make)(&self.state))
+    }
+}
+
+/// `n` in decimal, written without `core::fmt` (header values on the hot path).
+pub fn decimal(mut n: u64, buffer: &mut [u8; 20]) -> &str {
+    let mut at = buffer.len();
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buffer[at..]).unwrap_or("0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimals_match_the_formatter() {
+        let mut buffer = [0; 20];
+        for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX] {
+            assert_eq!(decimal(n, &mut buffer), n.to_string());
+        }
     }
 }

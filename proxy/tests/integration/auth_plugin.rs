@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{json, Value};
 
 use crate::common::{start_counting_echo, Origin, Proxy};
-use crate::shop::{self, DEV_KEY, ISSUER, PARTNER_KEY};
+use crate::shop::{self, in_both_shapes, Shape, DEV_KEY, ISSUER, PARTNER_KEY};
 
 async fn echo_get(p: &Proxy, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = p.http.get(p.url(path));
@@ -45,10 +45,9 @@ async fn assert_401(response: reqwest::Response, reason: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_keys_clear_and_hashed_from_either_header() {
+async fn api_keys_clear_and_hashed_from_either_header(shape: Shape) {
     let (origin, echo) = (Origin::start(200, "").await, start_counting_echo().await);
-    let p = shop::start(&origin, echo.addr);
+    let p = shop::start(&origin, echo.addr, shape);
     let h = seen(echo_get(&p, "/echo/a", &[("x-api-key", DEV_KEY)]).await).await;
     assert_eq!(h["x-client-id"], "dev-local");
     assert!(
@@ -65,10 +64,9 @@ async fn api_keys_clear_and_hashed_from_either_header() {
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_or_wrong_credentials_get_a_401_and_never_reach_the_origin() {
+async fn missing_or_wrong_credentials_get_a_401_and_never_reach_the_origin(shape: Shape) {
     let (origin, echo) = (Origin::start(200, "").await, start_counting_echo().await);
-    let p = shop::start(&origin, echo.addr);
+    let p = shop::start(&origin, echo.addr, shape);
     let none = echo_get(&p, "/echo/a", &[]).await;
     assert_eq!(
         none.headers()["www-authenticate"],
@@ -90,10 +88,9 @@ async fn missing_or_wrong_credentials_get_a_401_and_never_reach_the_origin() {
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spoofed_client_id_header_is_stripped() {
+async fn a_spoofed_client_id_header_is_stripped(shape: Shape) {
     let (origin, echo) = (Origin::start(200, "").await, start_counting_echo().await);
-    let p = shop::start(&origin, echo.addr);
+    let p = shop::start(&origin, echo.addr, shape);
     let spoof = [("x-api-key", DEV_KEY), ("x-client-id", "admin")];
     let h = seen(echo_get(&p, "/echo/a", &spoof).await).await;
     assert_eq!(h["x-client-id"], "dev-local");
@@ -103,10 +100,9 @@ async fn a_spoofed_client_id_header_is_stripped() {
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jwts_valid_and_every_kind_of_invalid() {
+async fn jwts_valid_and_every_kind_of_invalid(shape: Shape) {
     let (origin, echo) = (Origin::start(200, "").await, start_counting_echo().await);
-    let p = shop::start(&origin, echo.addr);
+    let p = shop::start(&origin, echo.addr, shape);
     let bearer = |token: String| format!("Bearer {token}");
     let call = |token: String| {
         let p = &p;
@@ -174,10 +170,9 @@ async fn jwts_valid_and_every_kind_of_invalid() {
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_runs_before_the_cache_and_jwt_users_still_get_hits() {
+async fn auth_runs_before_the_cache_and_jwt_users_still_get_hits(shape: Shape) {
     let (origin, echo) = (Origin::start(200, "").await, start_counting_echo().await);
-    let p = shop::start(&origin, echo.addr);
+    let p = shop::start(&origin, echo.addr, shape);
     let path = "/api/v1/products?category=polo&limit=5";
     let token = format!("Bearer {}", shop::hs256(&shop::good_claims("jwt-user")));
     let first = echo_get(&p, path, &[("authorization", &token)]).await;
@@ -204,3 +199,11 @@ async fn auth_runs_before_the_cache_and_jwt_users_still_get_hits() {
     assert_eq!(categories.status(), 200);
     p.stop().await;
 }
+
+in_both_shapes!(
+    api_keys_clear_and_hashed_from_either_header,
+    missing_or_wrong_credentials_get_a_401_and_never_reach_the_origin,
+    a_spoofed_client_id_header_is_stripped,
+    jwts_valid_and_every_kind_of_invalid,
+    auth_runs_before_the_cache_and_jwt_users_still_get_hits
+);

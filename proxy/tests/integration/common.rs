@@ -243,21 +243,27 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
-            .arg(root.join("Cargo.toml"))
-            .status()
-            .expect("cargo runs");
-        assert!(
-            status.success(),
-            "building the plugins under plugins/ failed"
-        );
+        // shop-edge in its own invocation, as `make plugins` builds it (features unify).
+        for only in [None, Some("shop-edge")] {
+            let mut command = std::process::Command::new(&cargo);
+            command
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    "wasm32-wasip1",
+                    "--manifest-path",
+                ])
+                .arg(root.join("Cargo.toml"));
+            if let Some(package) = only {
+                command.args(["-p", package]);
+            }
+            let status = command.status().expect("cargo runs");
+            assert!(
+                status.success(),
+                "building the plugins under plugins/ failed"
+            );
+        }
     });
     root.join("target/wasm32-wasip1/release")
         .join(format!("{name}.wasm"))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::common::{start_counting_echo, Origin, Proxy};
-use crate::shop::{self, DEV_KEY, PARTNER_KEY};
+use crate::shop::{self, in_both_shapes, Shape, DEV_KEY, PARTNER_KEY};
 
 async fn get(p: &Proxy, path: &str, key: Option<&str>) -> reqwest::Response {
     let mut request = p.http.get(p.url(path));
@@ -22,10 +22,9 @@ fn header(r: &reqwest::Response, name: &str) -> u64 {
     r.headers()[name].to_str().unwrap().parse().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_sequence_with_ratelimit_headers_then_refill() {
+async fn a_429_sequence_with_ratelimit_headers_then_refill(shape: Shape) {
     let (origin, echo) = (Origin::start(200, "").await, start_counting_echo().await);
-    let p = shop::start(&origin, echo.addr);
+    let p = shop::start(&origin, echo.addr, shape);
     // Rule `tight`: 2 tokens a second, burst 3.
     for remaining in [2, 1, 0] {
         let r = get(&p, "/echo/tight", Some(DEV_KEY)).await;
@@ -68,10 +67,9 @@ async fn a_429_sequence_with_ratelimit_headers_then_refill() {
     p.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_bucket_shared_by_every_vm_and_worker_is_exact_under_contention() {
+async fn one_bucket_shared_by_every_vm_and_worker_is_exact_under_contention(shape: Shape) {
     let (origin, echo) = (Origin::start(200, "").await, start_counting_echo().await);
-    let p = shop::start(&origin, echo.addr);
+    let p = shop::start(&origin, echo.addr, shape);
     // Rule `shared`: burst 100, 0.1 tokens a second: over this test's few seconds the bucket
     // math allows 100 (+1 at most if a refill lands); 50 concurrent clients send 300 requests
     // through 2 workers with 2 VMs.
@@ -97,10 +95,9 @@ async fn one_bucket_shared_by_every_vm_and_worker_is_exact_under_contention() {
 /// Regression: buckets on a public path were keyed by the unverified `x-api-key`, so 300
 /// requests with random keys all passed. Now only a verified client id or the address names
 /// a bucket.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unverified_api_keys_never_name_a_bucket_the_address_does() {
+async fn unverified_api_keys_never_name_a_bucket_the_address_does(shape: Shape) {
     let (origin, echo) = (Origin::start(200, "").await, start_counting_echo().await);
-    let p = shop::start(&origin, echo.addr);
+    let p = shop::start(&origin, echo.addr, shape);
     // `/anon/` has no auth: rule `anon`, burst 2, 0.1 token a second.
     let started = std::time::Instant::now();
     let mut allowed = 0;
@@ -124,10 +121,9 @@ async fn unverified_api_keys_never_name_a_bucket_the_address_does() {
 /// Regression: `category=%70olo` dodged the polo rule (matched on the raw query) while the
 /// cache and the origin decoded it. One normalisation now serves the rules, the cache key and
 /// the origin.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn percent_encoded_spellings_meet_the_same_rule_cache_entry_and_origin_path() {
+async fn percent_encoded_spellings_meet_the_same_rule_cache_entry_and_origin_path(shape: Shape) {
     let (origin, echo) = (Origin::start(200, "").await, start_counting_echo().await);
-    let p = shop::start(&origin, echo.addr);
+    let p = shop::start(&origin, echo.addr, shape);
     // Rule `polo`: /echo/list with category=polo, burst 2.
     for _ in 0..2 {
         assert_eq!(
@@ -159,3 +155,10 @@ async fn percent_encoded_spellings_meet_the_same_rule_cache_entry_and_origin_pat
     assert_eq!(second.headers()["x-cache"], "HIT");
     p.stop().await;
 }
+
+in_both_shapes!(
+    a_429_sequence_with_ratelimit_headers_then_refill,
+    one_bucket_shared_by_every_vm_and_worker_is_exact_under_contention,
+    unverified_api_keys_never_name_a_bucket_the_address_does,
+    percent_encoded_spellings_meet_the_same_rule_cache_entry_and_origin_path
+);

@@ -101,21 +101,55 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
-/// A proxy running the three plugins in front of `origin` (catalog, cached) and `echo`.
-pub fn start(origin: &Origin, echo: SocketAddr) -> Proxy {
-    let (auth, limit, metrics) = (
-        plugin_wasm("auth"),
-        plugin_wasm("rate_limit"),
-        plugin_wasm("metrics_export"),
-    );
+/// How the shop's plugins are deployed: the three separate plugins, or the merged `shop-edge`
+/// with the same configurations as its sections. Every shop test runs against both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Separate,
+    Merged,
+}
+
+impl Shape {
+    /// The `plugin` label of the catalog route's business metrics.
+    pub fn metrics_plugin(self) -> &'static str {
+        match self {
+            Shape::Separate => "metrics-export",
+            Shape::Merged => "shop-edge",
+        }
+    }
+}
+
+/// Two tests per `async fn name(shape: Shape)`: `name::separate_plugins`, `name::merged_plugin`.
+macro_rules! in_both_shapes {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use crate::shop::Shape;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn separate_plugins() {
+                    super::$name(Shape::Separate).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn merged_plugin() {
+                    super::$name(Shape::Merged).await
+                }
+            }
+        )*
+    };
+}
+pub(crate) use in_both_shapes;
+
+/// A proxy running the shop's plugins (`shape`) in front of `origin` (catalog, cached) and
+/// `echo`: the catalog route runs auth, rate limiting and metrics; `/echo/` auth and rate
+/// limiting; `/anon/` rate limiting only.
+pub fn start(origin: &Origin, echo: SocketAddr, shape: Shape) -> Proxy {
     let upstreams = catalog_upstream(
         origin.origin.local_addr(),
         &origin.ca,
         &format!("  echo: {{ addresses: [{echo}] }}\n"),
     );
-    let routes = "  - { name: catalog, path_prefix: /api/, upstream: catalog, plugins: [auth, rate-limit, metrics-export], cache: { key_query_params: [category, cursor, limit], tag_query_param: category } }\n\
-                  \x20 - { name: echo, path_prefix: /echo/, upstream: echo, plugins: [auth, rate-limit] }\n\
-                  \x20 - { name: anon, path_prefix: /anon/, upstream: echo, plugins: [rate-limit] }";
     let auth_config = json!({
         "realm": "catalog",
         "protected_prefixes": ["/api/", "/echo/"],
@@ -139,17 +173,57 @@ pub fn start(origin: &Origin, echo: SocketAddr) -> Proxy {
         "brands": ["acme"],
         "client_classes": {"dev-": "internal", "partner-": "partner"},
     });
+    let cache = "cache: { key_query_params: [category, cursor, limit], tag_query_param: category }";
+    let (plugins, chains) = match shape {
+        Shape::Separate => {
+            let (auth, limit, metrics) = (
+                plugin_wasm("auth"),
+                plugin_wasm("rate_limit"),
+                plugin_wasm("metrics_export"),
+            );
+            (
+                format!(
+                    "  - {{ name: auth, module: {auth}, config: {auth_config} }}\n\
+                     \x20 - {{ name: rate-limit, module: {limit}, vms: 2, config: {limit_config} }}\n\
+                     \x20 - {{ name: metrics-export, module: {metrics}, config: {metrics_config} }}\n",
+                    auth = auth.display(),
+                    limit = limit.display(),
+                    metrics = metrics.display(),
+                ),
+                ["auth, rate-limit, metrics-export", "auth, rate-limit", "rate-limit"],
+            )
+        }
+        Shape::Merged => {
+            let module = plugin_wasm("shop_edge");
+            let merged = |name: &str, config: Value| {
+                format!(
+                    "  - {{ name: {name}, module: {}, vms: 2, config: {config} }}\n",
+                    module.display()
+                )
+            };
+            (
+                merged(
+                    "shop-edge",
+                    json!({"auth": auth_config, "rate_limit": limit_config, "metrics": metrics_config}),
+                ) + &merged(
+                    "shop-edge-echo",
+                    json!({"auth": auth_config, "rate_limit": limit_config}),
+                ) + &merged("shop-edge-anon", json!({"rate_limit": limit_config})),
+                ["shop-edge", "shop-edge-echo", "shop-edge-anon"],
+            )
+        }
+    };
+    let routes = format!(
+        "  - {{ name: catalog, path_prefix: /api/, upstream: catalog, plugins: [{}], {cache} }}\n\
+         \x20 - {{ name: echo, path_prefix: /echo/, upstream: echo, plugins: [{}] }}\n\
+         \x20 - {{ name: anon, path_prefix: /anon/, upstream: echo, plugins: [{}] }}",
+        chains[0], chains[1], chains[2]
+    );
     Proxy::start(|dir| {
-        proxy_yaml(dir, &upstreams, routes)
+        proxy_yaml(dir, &upstreams, &routes)
             + &format!(
                 "plugin_host:\n  shared_data:\n    ttl_by_prefix: {{ \"ratelimit/\": 2m }}\n\
-                 plugins:\n\
-                 \x20 - {{ name: auth, module: {auth}, config: {auth_config} }}\n\
-                 \x20 - {{ name: rate-limit, module: {limit}, vms: 2, config: {limit_config} }}\n\
-                 \x20 - {{ name: metrics-export, module: {metrics}, config: {metrics_config} }}\n",
-                auth = auth.display(),
-                limit = limit.display(),
-                metrics = metrics.display(),
+                 plugins:\n{plugins}"
             )
     })
 }
