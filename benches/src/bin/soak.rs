@@ -1,4 +1,4 @@
-//! `soak`: the shipped `config/edge.yaml` (auth -> rate-limit -> metrics-export, the cache)
+//! `soak`: the shipped `config/edge.yaml` (the shop-edge plugin: auth, rate limit, metrics; the cache)
 //! run by the real release `edge-proxy` binary in front of a seeded origin, under a realistic
 //! mix for `--minutes`: listings over every category and page size with the API key, product
 //! details, requests without or with a wrong key (401), one hot client without a key past a
@@ -252,7 +252,7 @@ fn config(
     let text = text
         .replace(
             polo,
-            "{ name: public-categories, path_prefix: /api/v1/categories, rate_per_second: 20, burst: 40 }\n        - { name: polo-listing, path_prefix: /api/v1/products, query: { category: polo }, rate_per_second: 1000000, burst: 1000000 }",
+            "{ name: public-categories, path_prefix: /api/v1/categories, rate_per_second: 20, burst: 40 }\n          - { name: polo-listing, path_prefix: /api/v1/products, query: { category: polo }, rate_per_second: 1000000, burst: 1000000 }",
         )
         .replace(
             catalog,
@@ -320,7 +320,7 @@ async fn soak(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "soak: {} minutes, {} connections, shipped config (auth -> rate-limit -> metrics-export, cache), purge every 10 s, reload every minute; proxy pid {pid}",
+        "soak: {} minutes, {} connections, shipped config (shop-edge: auth, rate limit, metrics; cache), purge every 10 s, reload every minute; proxy pid {pid}",
         args.minutes, args.connections
     );
     println!("| minute | requests | 200 | 401 | 429 | errors | p99 ms | proxy RSS MiB |");
