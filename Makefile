@@ -37,14 +37,21 @@ setup:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || { echo "setup: wasm32-wasip1 is still missing" >&2; exit 1; }
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "setup: installing nodejs and npm (Debian packages; the AssemblyScript plugin)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	fi
+	@command -v npm >/dev/null || { echo "setup: npm is still missing" >&2; exit 1; }
 
 # Plugins are their own cargo workspace (target wasm32-wasip1); the modules land in
 # plugins/target/wasm32-wasip1/release/*.wasm, where the configs point.
 # shop-edge links the other plugins' filter steps without their `_initialize`: it is built in
 # its own cargo invocation (features unify within one), hence the second line of each pair.
+# add-header-as is an AssemblyScript plugin: npm packages from its lock file, its `build` script.
 plugins: setup
 	$(CARGO) build --release --target wasm32-wasip1 --manifest-path plugins/Cargo.toml
 	$(CARGO) build --release --target wasm32-wasip1 --manifest-path plugins/Cargo.toml -p shop-edge
+	cd plugins/add-header-as && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npm run build
 	$(CARGO) fmt --manifest-path plugins/Cargo.toml --all -- --check
 	$(CARGO) clippy --manifest-path plugins/Cargo.toml --release --target wasm32-wasip1 -- -D warnings
 	$(CARGO) clippy --manifest-path plugins/Cargo.toml --release --target wasm32-wasip1 -p shop-edge -- -D warnings

@@ -73,7 +73,8 @@ fn noop_host() -> PluginHost {
 
 const API_KEY: &str = "bench-key-0123456789abcdef";
 
-/// auth (API key), rate-limit (never refusing), metrics-export: the default chain's plugins.
+/// auth (API key), rate-limit (never refusing), metrics-export, and the same three merged
+/// (shop-edge, the shipped chain).
 fn production_host() -> PluginHost {
     host(&[
         spec(
@@ -90,6 +91,15 @@ fn production_host() -> PluginHost {
             "metrics-export",
             "metrics_export",
             serde_json::json!({"categories": ["polo"], "client_classes": {"bench": "internal"}}),
+        ),
+        spec(
+            "shop-edge",
+            "shop_edge",
+            serde_json::json!({
+                "auth": {"api_keys": [{"client_id": "bench", "key": API_KEY}]},
+                "rate_limit": {"rules": [{"name": "all", "rate_per_second": 1_000_000, "burst": 1_000_000_000u64}]},
+                "metrics": {"categories": ["polo"], "client_classes": {"bench": "internal"}},
+            }),
         ),
     ])
 }
@@ -178,6 +188,7 @@ fn production(c: &mut Criterion) {
         ("rate-limit", vec![1]),
         ("metrics-export", vec![2]),
         ("auth -> rate-limit -> metrics-export", vec![0, 1, 2]),
+        ("shop-edge (merged)", vec![3]),
     ] {
         lifecycle(c, &runtime, &callouts, &plugins, &route, label);
     }

@@ -2,11 +2,12 @@
 //! of a SHA-256 (API keys) or a signature check (JWTs): presented value -> client id, a JWT
 //! until its `exp` (plus leeway). Only verified credentials are kept, so random guesses cannot
 //! fill it, and it is bounded: when full it starts over. A lookup reveals by its timing only
-//! whether the credential is valid, which the answer says anyway; the map's hasher is keyed
-//! per VM, so nobody can aim at its buckets.
+//! whether the credential is valid, which the answer says anyway. Its hasher is the fast,
+//! unkeyed one: only verified credentials are ever in it, so nobody can fill its buckets.
 
-use std::collections::HashMap;
 use std::rc::Rc;
+
+use plugin_support::FastMap;
 
 /// Entries kept per VM, per kind.
 pub const CAPACITY: usize = 4096;
@@ -14,9 +15,9 @@ pub const CAPACITY: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Verified {
     /// `x-api-key` values (and bearer tokens that are API keys) -> client id.
-    keys: HashMap<String, Rc<str>>,
+    keys: FastMap<String, Rc<str>>,
     /// JWTs -> (client id, valid until: seconds since the epoch; `None`: no `exp`).
-    tokens: HashMap<String, (Rc<str>, Option<u64>)>,
+    tokens: FastMap<String, (Rc<str>, Option<u64>)>,
 }
 
 impl Verified {

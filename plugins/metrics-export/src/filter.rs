@@ -5,10 +5,10 @@
 //! This plugin's HTTP context runs it, and so does any plugin composing it (`shop-edge`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::SystemTime;
 
+use plugin_support::FastMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, MetricType};
 
@@ -23,10 +23,11 @@ enum SeriesKey {
     Duration(u16, u16, u16),
 }
 
-/// Metric ids by series, defined on first use.
+/// Metric ids by series, defined on first use (label sets are bounded by the guard: the fast
+/// hasher is safe here).
 #[derive(Debug, Default)]
 struct Registry {
-    ids: HashMap<SeriesKey, u32>,
+    ids: FastMap<SeriesKey, u32>,
 }
 
 impl Registry {

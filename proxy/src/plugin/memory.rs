@@ -59,6 +59,30 @@ pub fn guest_slice_mut<'a>(
     Ok(&mut data[range])
 }
 
+/// Runs `f` on the guest's bytes at each of `ranges` (pointer, length) together with the host
+/// state, copying nothing: the common host call reads a key (and a value) only to look it up.
+pub fn with_guest<const N: usize, R>(
+    caller: &mut Caller<'_, HostState>,
+    ranges: [(u32, u32); N],
+    f: impl FnOnce([&[u8]; N], &mut HostState) -> R,
+) -> wasmtime::Result<R> {
+    let memory = memory(caller)?;
+    let (data, state) = memory.data_and_store_mut(caller);
+    let data: &[u8] = data;
+    let mut slices: [&[u8]; N] = [&[]; N];
+    for (slice, (ptr, len)) in slices.iter_mut().zip(ranges) {
+        let len = usize::try_from(len)?;
+        let range = guest_range(data.len(), ptr, len).ok_or_else(|| out_of_bounds(ptr, len))?;
+        *slice = &data[range];
+    }
+    Ok(f(slices, state))
+}
+
+/// Guest bytes as text (lossily: header names and keys are ASCII in practice).
+pub fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
 /// Reads a UTF-8 string (lossily: header names and property paths are ASCII in practice).
 pub fn read_string(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<String> {
     let bytes = read(caller, ptr, len)?;

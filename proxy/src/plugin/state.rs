@@ -11,7 +11,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
 use super::shared_data::SharedData;
-use super::stats::PluginStats;
+use super::stats::{PluginStats, Series, StatsError};
 
 /// What every VM of one plugin shares.
 #[derive(Debug)]
@@ -101,6 +101,8 @@ pub struct HostState {
     /// The root context's tick period (shared with the VM's slot, which the ticker reads).
     pub tick_period_ms: Arc<AtomicU32>,
     pub effective_context: u32,
+    /// The plugin's metric series this VM used, by id (resolved once from the shared registry).
+    pub series: Vec<Option<Series>>,
 }
 
 impl std::fmt::Debug for HostState {
@@ -133,7 +135,23 @@ impl HostState {
             next_callout_token: 1,
             tick_period_ms,
             effective_context: 0,
+            series: Vec::new(),
         }
+    }
+}
+
+impl HostState {
+    /// Metric series `id`: from this VM's cache, else resolved (and kept) once.
+    pub fn series(&mut self, id: u32) -> Result<&Series, StatsError> {
+        let slot = id as usize;
+        if self.series.get(slot).is_none_or(Option::is_none) {
+            let series = self.plugin.stats.series(id)?;
+            if self.series.len() <= slot {
+                self.series.resize(slot + 1, None);
+            }
+            self.series[slot] = Some(series);
+        }
+        self.series[slot].as_ref().ok_or(StatsError::NotFound(id))
     }
 }
 

@@ -47,11 +47,54 @@ enum Family {
     Histogram(HistogramVec),
 }
 
+/// One series, as a VM keeps it once resolved (updates then touch only its atomics, not the
+/// registry's lock).
 #[derive(Debug, Clone)]
-enum Series {
+pub enum Series {
     Counter(IntCounter),
     Gauge(IntGauge),
     Histogram(Histogram),
+}
+
+impl Series {
+    /// Adds to a counter or gauge.
+    pub fn increment(&self, offset: i64) -> Result<(), StatsError> {
+        match self {
+            Series::Counter(c) if offset >= 0 => c.inc_by(offset as u64),
+            Series::Counter(_) => {
+                return Err(StatsError::BadArgument("a counter cannot go down".into()))
+            }
+            Series::Gauge(g) => g.add(offset),
+            Series::Histogram(_) => {
+                return Err(StatsError::BadArgument("increment on a histogram".into()))
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a gauge, observes a histogram value, or raises a counter to `value`.
+    pub fn record(&self, value: u64) {
+        match self {
+            Series::Counter(c) => {
+                let current = c.get();
+                if value > current {
+                    c.inc_by(value - current);
+                }
+            }
+            Series::Gauge(g) => g.set(i64::try_from(value).unwrap_or(i64::MAX)),
+            Series::Histogram(h) => h.observe(value as f64),
+        }
+    }
+
+    pub fn get(&self) -> Result<u64, StatsError> {
+        match self {
+            Series::Counter(c) => Ok(c.get()),
+            Series::Gauge(g) => Ok(u64::try_from(g.get()).unwrap_or(0)),
+            Series::Histogram(_) => Err(StatsError::BadArgument(
+                "a histogram has no single value".into(),
+            )),
+        }
+    }
 }
 
 /// Why a metric operation was refused.
@@ -203,7 +246,8 @@ impl PluginStats {
         Ok(family)
     }
 
-    fn series(&self, id: u32) -> Result<Series, StatsError> {
+    /// Series `id` (as [`PluginStats::define`] returned it).
+    pub fn series(&self, id: u32) -> Result<Series, StatsError> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner
             .series
@@ -213,42 +257,16 @@ impl PluginStats {
     }
 
     pub fn increment(&self, id: u32, offset: i64) -> Result<(), StatsError> {
-        match self.series(id)? {
-            Series::Counter(c) if offset >= 0 => c.inc_by(offset as u64),
-            Series::Counter(_) => {
-                return Err(StatsError::BadArgument("a counter cannot go down".into()))
-            }
-            Series::Gauge(g) => g.add(offset),
-            Series::Histogram(_) => {
-                return Err(StatsError::BadArgument("increment on a histogram".into()))
-            }
-        }
-        Ok(())
+        self.series(id)?.increment(offset)
     }
 
-    /// Sets a gauge, observes a histogram value, or raises a counter to `value`.
     pub fn record(&self, id: u32, value: u64) -> Result<(), StatsError> {
-        match self.series(id)? {
-            Series::Counter(c) => {
-                let current = c.get();
-                if value > current {
-                    c.inc_by(value - current);
-                }
-            }
-            Series::Gauge(g) => g.set(i64::try_from(value).unwrap_or(i64::MAX)),
-            Series::Histogram(h) => h.observe(value as f64),
-        }
+        self.series(id)?.record(value);
         Ok(())
     }
 
     pub fn get(&self, id: u32) -> Result<u64, StatsError> {
-        match self.series(id)? {
-            Series::Counter(c) => Ok(c.get()),
-            Series::Gauge(g) => Ok(u64::try_from(g.get()).unwrap_or(0)),
-            Series::Histogram(_) => Err(StatsError::BadArgument(
-                "a histogram has no single value".into(),
-            )),
-        }
+        self.series(id)?.get()
     }
 }
 

@@ -269,6 +269,35 @@ pub fn plugin_wasm(name: &str) -> PathBuf {
         .join(format!("{name}.wasm"))
 }
 
+/// The `.wasm` of the AssemblyScript plugin in `plugins/<dir>`, built once per test binary
+/// with its locked npm packages and its `npm run build` (as `make plugins` does).
+pub fn assemblyscript_wasm(dir: &str, name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let project = root.join(dir);
+    BUILT.get_or_init(|| {
+        let npm = |args: &[&str]| {
+            let status = std::process::Command::new("npm")
+                .args(args)
+                .current_dir(&project)
+                .status()
+                .expect("npm runs (make setup installs it)");
+            assert!(
+                status.success(),
+                "npm {args:?} in {} failed",
+                project.display()
+            );
+        };
+        if !project.join("node_modules").is_dir() {
+            npm(&["ci", "--no-audit", "--no-fund"]);
+        }
+        std::fs::create_dir_all(root.join("target/wasm32-wasip1/release")).unwrap();
+        npm(&["run", "build"]);
+    });
+    root.join("target/wasm32-wasip1/release")
+        .join(format!("{name}.wasm"))
+}
+
 pub struct Proxy {
     pub proxy: Option<RunningProxy>,
     pub http: reqwest::Client,

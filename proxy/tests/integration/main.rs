@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod abi_edges;
+mod assemblyscript;
 mod auth_plugin;
 mod cache;
 mod cli;

@@ -187,6 +187,7 @@ trait EditHeaders {
     fn insert(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()>;
     fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<bool>;
     fn remove(&mut self, name: &HeaderName);
+    fn has(&self, name: &str) -> bool;
 }
 
 /// Both header types offer the same editing methods.
@@ -202,6 +203,9 @@ macro_rules! edit_headers_for {
             fn remove(&mut self, name: &HeaderName) {
                 self.remove_header(name);
             }
+            fn has(&self, name: &str) -> bool {
+                self.headers.contains_key(name)
+            }
         }
     )*};
 }
@@ -214,6 +218,10 @@ fn apply(
     value: &[u8],
     how: Edit,
 ) -> Result<(), String> {
+    if how == Edit::Remove && !headers.has(name) {
+        // Nothing to remove (auth strips credentials a request rarely has): no name built.
+        return Ok(());
+    }
     let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
     if how == Edit::Remove {
         headers.remove(&name);
@@ -283,8 +291,10 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
          data_out: u32,
          size_out: u32|
          -> wasmtime::Result<u32> {
-            let name = memory::read_string(&caller, key, key_len)?;
-            match value_of(caller.data(), map, &name) {
+            let value = memory::with_guest(&mut caller, [(key, key_len)], |[name], state| {
+                value_of(state, map, &memory::text(name))
+            })?;
+            match value {
                 Some(value) => {
                     memory::give(&mut caller, &value, data_out, size_out)?;
                     Ok(status::OK)
@@ -306,9 +316,11 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
                   value: u32,
                   value_len: u32|
                   -> wasmtime::Result<u32> {
-                let name = memory::read_string(&caller, key, key_len)?;
-                let value = memory::read(&caller, value, value_len)?;
-                edit(caller.data_mut(), map, &name, &value, how);
+                memory::with_guest(
+                    &mut caller,
+                    [(key, key_len), (value, value_len)],
+                    |[name, value], state| edit(state, map, &memory::text(name), value, how),
+                )?;
                 Ok(status::OK)
             },
         )?;
@@ -320,8 +332,9 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
          key: u32,
          key_len: u32|
          -> wasmtime::Result<u32> {
-            let name = memory::read_string(&caller, key, key_len)?;
-            edit(caller.data_mut(), map, &name, b"", Edit::Remove);
+            memory::with_guest(&mut caller, [(key, key_len)], |[name], state| {
+                edit(state, map, &memory::text(name), b"", Edit::Remove)
+            })?;
             Ok(status::OK)
         },
     )

@@ -39,23 +39,31 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
     )?;
     r.env(
         "proxy_increment_metric",
-        |caller: Caller<'_, HostState>, id: u32, offset: i64| -> u32 {
-            code(caller.data().plugin.stats.increment(id, offset))
+        |mut caller: Caller<'_, HostState>, id: u32, offset: i64| -> u32 {
+            code(
+                caller
+                    .data_mut()
+                    .series(id)
+                    .and_then(|s| s.increment(offset)),
+            )
         },
     )?;
     r.env(
         "proxy_record_metric",
-        |caller: Caller<'_, HostState>, id: u32, value: u64| -> u32 {
-            match caller.data().plugin.stats.record(id, value) {
-                Err(StatsError::NotFound(_)) => status::NOT_FOUND,
-                _ => status::OK,
+        |mut caller: Caller<'_, HostState>, id: u32, value: u64| -> u32 {
+            match caller.data_mut().series(id) {
+                Ok(series) => {
+                    series.record(value);
+                    status::OK
+                }
+                Err(_) => status::NOT_FOUND,
             }
         },
     )?;
     r.env(
         "proxy_get_metric",
         |mut caller: Caller<'_, HostState>, id: u32, value_out: u32| -> wasmtime::Result<u32> {
-            let value = caller.data().plugin.stats.get(id);
+            let value = caller.data_mut().series(id).and_then(|s| s.get());
             match value {
                 Ok(v) => {
                     memory::write_u64(&mut caller, value_out, v)?;

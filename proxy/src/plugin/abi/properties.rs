@@ -75,8 +75,10 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
          data_out: u32,
          size_out: u32|
          -> wasmtime::Result<u32> {
-            let raw = memory::read(&caller, path, len)?;
-            match lookup(caller.data(), &raw) {
+            let value = memory::with_guest(&mut caller, [(path, len)], |[raw], state| {
+                lookup(state, raw)
+            })?;
+            match value {
                 Some(value) => {
                     memory::give(&mut caller, &value, data_out, size_out)?;
                     Ok(status::OK)

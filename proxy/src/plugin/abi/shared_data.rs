@@ -20,8 +20,9 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
          size_out: u32,
          cas_out: u32|
          -> wasmtime::Result<u32> {
-            let key = memory::read_string(&caller, key, key_len)?;
-            let found = caller.data().plugin.shared_data.get(&key);
+            let found = memory::with_guest(&mut caller, [(key, key_len)], |[key], state| {
+                state.plugin.shared_data.get(&memory::text(key))
+            })?;
             match found {
                 Some((value, cas)) => {
                     memory::give(&mut caller, &value, data_out, size_out)?;
@@ -34,11 +35,11 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
     )?;
     r.env(
         "proxy_set_shared_data",
-        |caller: Caller<'_, HostState>, key: u32, key_len: u32, value: u32, value_len: u32, cas: u32| -> wasmtime::Result<u32> {
-            let key = memory::read_string(&caller, key, key_len)?;
-            let value = memory::read(&caller, value, value_len)?;
-            let plugin = &caller.data().plugin;
-            Ok(match plugin.shared_data.set(&key, &value, cas) {
+        |mut caller: Caller<'_, HostState>, key: u32, key_len: u32, value: u32, value_len: u32, cas: u32| -> wasmtime::Result<u32> {
+            memory::with_guest(&mut caller, [(key, key_len), (value, value_len)], |[key, value], state| {
+                let key = memory::text(key);
+                let plugin = &state.plugin;
+                match plugin.shared_data.set(&key, value, cas) {
                 Ok(()) => status::OK,
                 Err(SetError::CasMismatch) => status::CAS_MISMATCH,
                 Err(SetError::TooLarge) => {
@@ -49,6 +50,7 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
                     tracing::debug!(target: "plugin", plugin = %plugin.name, %key, "shared data full of live TTL entries: write refused");
                     status::CAS_MISMATCH
                 }
+            }
             })
         },
     )
