@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use wasmtime::{InstancePre, Linker, Module};
 
+use super::defined_metrics::PluginStats;
 use super::engine::{PluginEngine, PoolSize};
 use super::shared_data::SharedData;
 use super::state::{HostState, PluginShared};
-use super::stats::PluginStats;
 use super::vm::{CallMetrics, Vm};
 use super::{abi, FailureMode, HostSettings, PluginError, PluginSpec};
 use crate::metrics::Metrics;

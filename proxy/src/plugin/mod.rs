@@ -4,15 +4,16 @@
 //! phases drive.
 
 pub mod abi;
+pub mod callback_metrics;
 pub mod callout;
 pub mod chain;
+pub mod defined_metrics;
 pub mod engine;
 pub mod host;
 pub mod memory;
 pub mod pairs;
 pub mod shared_data;
 pub mod state;
-pub mod stats;
 pub mod ticker;
 pub mod vm;
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
+use super::defined_metrics::{PluginStats, Series, StatsError};
 use super::shared_data::SharedData;
-use super::stats::{PluginStats, Series, StatsError};
 
 /// What every VM of one plugin shares.
 #[derive(Debug)]

@@ -1,13 +1,13 @@
 //! Metrics: `proxy_define_metric` and friends over the host's Prometheus registry
-//! (`plugin/stats.rs`). A definition the registry refuses (another kind under the same name)
+//! (`plugin/defined_metrics.rs`). A definition the registry refuses (another kind under the same name)
 //! still returns Ok - the SDK accepts nothing else - with an id whose updates fail NotFound.
 
 use wasmtime::Caller;
 
 use super::{status, Registrar};
+use crate::plugin::defined_metrics::{MetricKind, StatsError};
 use crate::plugin::memory;
 use crate::plugin::state::HostState;
-use crate::plugin::stats::{MetricKind, StatsError};
 
 /// The id of a definition the registry refused.
 const REFUSED: u32 = u32::MAX;
