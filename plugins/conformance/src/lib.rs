@@ -36,26 +36,50 @@ struct Config {
     tick_ms: u64,
     #[serde(default)]
     tick_callout: bool,
+    /// The answer to a tick's callout dispatches a follow-up callout (`/followup`); its
+    /// answers count in `conformance_tick_followups_total`.
+    #[serde(default)]
+    tick_followup: bool,
+    /// The follow-up's `:path` (default `/followup`).
+    #[serde(default)]
+    followup_path: Option<String>,
 }
 
 #[derive(Default)]
 struct Root {
     config: Rc<Config>,
     requests_metric: u32,
+    followups_metric: u32,
+    /// Tokens of follow-up callouts in flight.
+    followups: Vec<u32>,
 }
 
 impl Context for Root {
     fn on_http_call_response(
         &mut self,
-        _token: u32,
+        token: u32,
         _headers: usize,
         _body: usize,
         _trailers: usize,
     ) {
+        if let Some(at) = self.followups.iter().position(|t| *t == token) {
+            self.followups.swap_remove(at);
+            let _ = proxy_wasm::hostcalls::increment_metric(self.followups_metric, 1);
+            return;
+        }
         let status = self
             .get_http_call_response_header(":status")
             .unwrap_or_else(|| "failed".into());
         let _ = self.set_shared_data("conformance/tick-callout", Some(status.as_bytes()), None);
+        if self.config.tick_followup {
+            let path = self.config.followup_path.as_deref().unwrap_or("/followup");
+            let headers = vec![(":method", "GET"), (":path", path), (":authority", "authz")];
+            if let Ok(token) =
+                self.dispatch_http_call("authz", headers, None, vec![], Duration::from_secs(5))
+            {
+                self.followups.push(token);
+            }
+        }
     }
 }
 
@@ -76,6 +100,11 @@ impl RootContext for Root {
         self.requests_metric =
             proxy_wasm::hostcalls::define_metric(MetricType::Counter, "conformance_requests_total")
                 .unwrap_or(0);
+        self.followups_metric = proxy_wasm::hostcalls::define_metric(
+            MetricType::Counter,
+            "conformance_tick_followups_total",
+        )
+        .unwrap_or(0);
         true
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::callout::Callouts;
 use super::host::RunningPlugin;
+use super::state::CalloutRequest;
 use super::vm::ROOT_CONTEXT_ID;
 
 /// The shortest nap between looks for due VMs (the resolution of tick periods).
@@ -114,8 +115,12 @@ fn tick(plugin: &Arc<RunningPlugin>, slot: usize, callouts: &Arc<Callouts>) {
             }
             let (plugin, callouts) = (plugin.clone(), callouts.clone());
             tokio::spawn(async move {
-                for (token, answer) in callouts.run_all(dispatched).await {
-                    deliver(&plugin, slot, generation, token, answer);
+                // The answers may dispatch more callouts: those run too, for the root context.
+                let mut pending = dispatched;
+                while !pending.is_empty() {
+                    for (token, answer) in callouts.run_all(std::mem::take(&mut pending)).await {
+                        pending.extend(deliver(&plugin, slot, generation, token, answer));
+                    }
                 }
             });
         }
@@ -126,27 +131,35 @@ fn tick(plugin: &Arc<RunningPlugin>, slot: usize, callouts: &Arc<Callouts>) {
     }
 }
 
-/// A tick's callout answer, to the root context of the VM that asked (if it still lives).
+/// A tick's callout answer, to the root context of the VM that asked (if it still lives);
+/// returns the callouts that answer dispatched (taken from the VM, so none is left for a
+/// request's callback to pick up).
 fn deliver(
     plugin: &RunningPlugin,
     slot: usize,
     generation: u64,
     token: u32,
     answer: super::callout::CalloutAnswer,
-) {
+) -> Vec<CalloutRequest> {
     let Ok(mut guard) = plugin.lock(slot) else {
-        return;
+        return Vec::new();
     };
     if guard.generation != generation {
-        return;
+        return Vec::new();
     }
-    let Some(vm) = guard.vm() else { return };
+    let Some(vm) = guard.vm() else {
+        return Vec::new();
+    };
     let (headers, body) = answer.sizes();
     vm.state_mut().callout_response = answer.response;
     let result = vm.on_http_call_response(ROOT_CONTEXT_ID, token, headers, body);
-    vm.state_mut().callout_response = None;
+    let state = vm.state_mut();
+    state.callout_response = None;
+    let more = std::mem::take(&mut state.callouts);
     if let Err(fault) = result {
         guard.discard();
         tracing::warn!(plugin = %plugin.name(), %fault, "plugin failed in a tick's callout response");
+        return Vec::new();
     }
+    more
 }

@@ -10,6 +10,12 @@ use crate::common::{plugin_wasm, start_counting_echo, Proxy};
 /// `/pair/` runs `first` then `second` (both the conformance plugin, greeting with their
 /// names); `/closed/` runs `probe` alone on one VM, with `root_id: custom-root`.
 fn start(echo: SocketAddr) -> Proxy {
+    start_with(echo, 0)
+}
+
+/// As [`start`], the `ticker` plugin (on `/ticks/`) ticking every `tick_ms` (0: never): each
+/// tick calls the echo upstream, and each answer calls it again after 3 s (`/followup`).
+fn start_with(echo: SocketAddr, tick_ms: u64) -> Proxy {
     let wasm = plugin_wasm("conformance");
     Proxy::start(|dir| {
         format!(
@@ -21,9 +27,11 @@ fn start(echo: SocketAddr) -> Proxy {
              \x20 - {{ name: first, module: {wasm}, config: {{ greeting: first }} }}\n\
              \x20 - {{ name: second, module: {wasm}, config: {{ greeting: second }} }}\n\
              \x20 - {{ name: probe, module: {wasm}, config: {{ greeting: hello }}, vms: 1, root_id: custom-root, allowed_upstreams: [authz] }}\n\
+             \x20 - {{ name: ticker, module: {wasm}, config: {{ tick_ms: {tick_ms}, tick_callout: true, tick_followup: true, followup_path: \"/followup?delay_ms=3000\" }}, vms: 1, allowed_upstreams: [authz] }}\n\
              routes:\n\
              \x20 - {{ name: pair, path_prefix: /pair/, upstream: echo, plugins: [first, second] }}\n\
-             \x20 - {{ name: closed, path_prefix: /closed/, upstream: echo, plugins: [probe] }}\n",
+             \x20 - {{ name: closed, path_prefix: /closed/, upstream: echo, plugins: [probe] }}\n\
+             \x20 - {{ name: ticks, path_prefix: /ticks/, upstream: echo, plugins: [ticker] }}\n",
             sock = dir.join("upgrade.sock").display(),
             listen = crate::common::free_port(),
             admin = crate::common::free_port(),
@@ -173,6 +181,36 @@ async fn callouts_from_on_log_are_run_for_their_own_context() {
     let answered =
         r#"edge_plugin_calls_total{callback="proxy_on_http_call_response",plugin="probe"}"#;
     assert_eq!(p.eventually_metric(answered, 1.0).await, 1.0);
+    p.stop().await;
+}
+
+/// Regression: a callout dispatched from a tick's callout answer stayed in the VM until the
+/// next tick, or a request's callback, took it: a request arriving in between ran it and
+/// waited for its answer. It now runs at once, for the root context, and no request waits for
+/// it: right after a tick's answer a request completes while the follow-up (answered after
+/// 3 s) is still in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callouts_from_a_ticks_callout_answer_run_for_the_root_context() {
+    let echo = start_counting_echo().await;
+    let p = start_with(echo.addr, 2000);
+    let answered =
+        r#"edge_plugin_calls_total{callback="proxy_on_http_call_response",plugin="ticker"}"#;
+    assert!(
+        p.eventually_metric(answered, 1.0).await >= 1.0,
+        "the first tick's answer"
+    );
+    let response = p.get("/ticks/x").await;
+    assert_eq!(response.status(), 200);
+    let followups = r#"edge_plugin_conformance_tick_followups_total{plugin="ticker"}"#;
+    assert_eq!(
+        p.metric(followups).await,
+        0.0,
+        "the request did not wait for the follow-up"
+    );
+    assert!(
+        p.eventually_metric(followups, 1.0).await >= 1.0,
+        "the follow-up is answered"
+    );
     p.stop().await;
 }
 
