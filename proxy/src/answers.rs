@@ -6,10 +6,11 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, Session};
-use pingora::Result;
+use pingora::{Error, ErrorType, Result};
 
 use crate::ctx::RequestCtx;
 use crate::errors;
+use crate::framing;
 use crate::plugin::state::LocalResponse;
 
 /// The response header of a local response; header pairs that are not valid HTTP are dropped.
@@ -129,4 +130,32 @@ pub async fn respond_json(
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// A body phase's plugin failure (or local response, or a body held beyond a plugin's limit)
+/// ends the request: `fail_to_proxy` sends `answer` if the response head has not gone out
+/// yet, and otherwise the connection is closed with the body unterminated, so the client sees
+/// an error rather than a complete-looking truncated response.
+pub fn end_in_body_phase<T>(ctx: &mut RequestCtx, answer: LocalResponse) -> Result<T> {
+    let status = answer.status;
+    let details = answer.details.clone();
+    ctx.plugin_failure = Some(answer);
+    Error::e_explain(ErrorType::HTTPStatus(status), details)
+}
+
+/// `Expect: 100-continue`: the request passed the plugins (a refusal went out instead of a
+/// 100, so the client never sent its body for nothing): the proxy answers `100 Continue`
+/// itself and the expectation, met, is not forwarded.
+pub async fn continue_if_expected(session: &mut Session) -> Result<()> {
+    if framing::expectation(session.req_header()) != framing::Expectation::Continue {
+        return Ok(());
+    }
+    session
+        .req_header_mut()
+        .remove_header(&http::header::EXPECT);
+    let interim = ResponseHeader::build(100, Some(0))?;
+    session
+        .as_downstream_mut()
+        .write_response_header(Box::new(interim))
+        .await
 }

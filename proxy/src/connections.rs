@@ -149,3 +149,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         self.inner.cleanup().await;
     }
 }
+
+/// The connection's limits for this request and the wait for the next one: the keep-alive
+/// idle timeout (Pingora's default for HTTP/1.1 is to wait forever), the body read timeout,
+/// and pipelining (a second request sent before the first is answered is served in order,
+/// not dropped with the connection).
+pub fn apply_limits(
+    session: &mut pingora::proxy::Session,
+    limits: &crate::config::DownstreamLimits,
+) {
+    if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
+    }
+    session.set_read_timeout(Some(limits.body_read_timeout));
+    session.set_pipelining_enabled(true);
+}

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::generation::Generation;
 use crate::plugin::chain::Chain;
 use crate::plugin::state::LocalResponse;
-use crate::routing::Route;
+use crate::routing::{CachePolicy, Route};
 
 #[derive(Debug)]
 pub struct RequestCtx {
@@ -50,5 +50,29 @@ impl RequestCtx {
 
     pub fn route_label(&self) -> &str {
         self.route.as_ref().map_or("none", |r| r.name.as_str())
+    }
+
+    /// The route's cache policy, when it caches.
+    pub fn cache_policy(&self) -> Option<&CachePolicy> {
+        self.route.as_ref().and_then(|r| r.cache.as_ref())
+    }
+
+    /// An upstream answer still arriving after its `response_timeout`: a read timeout (504 if
+    /// no head was sent, else the response is aborted).
+    pub fn response_deadline(&self) -> pingora::Result<()> {
+        use pingora::{Error, ErrorType};
+        let (Some(sent), Some(route)) = (self.upstream_sent, self.route.as_ref()) else {
+            return Ok(());
+        };
+        let limit = route.upstream.settings.response_timeout;
+        if sent.elapsed() <= limit {
+            return Ok(());
+        }
+        let mut error = Error::explain(
+            ErrorType::ReadTimedout,
+            format!("upstream response exceeded response_timeout ({limit:?})"),
+        );
+        error.as_up();
+        Err(error)
     }
 }

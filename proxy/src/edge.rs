@@ -1,7 +1,7 @@
-//! `EdgeProxy`: Pingora's `ProxyHttp`, one short method per phase, each delegating to the module
-//! that owns the concern (routing, upstream, hygiene, errors, metrics).
+//! `EdgeProxy`: Pingora's `ProxyHttp`, one short method per phase in Pingora's order, each
+//! delegating to the module that owns the concern (framing, normalize, routing, the plugin
+//! chain, cache, hygiene, answers, errors, metrics).
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -10,23 +10,21 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST, VARY};
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::CacheKeyLockImpl;
-use pingora::cache::{
-    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, RespCacheable, VarianceBuilder,
-};
+use pingora::cache::{CacheKey, CacheMeta, CacheOptionOverrides, RespCacheable, VarianceBuilder};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::answers::{local_header, respond_json, send_failure, send_local, send_plugin_failure};
+use crate::answers::{
+    self, local_header, respond_json, send_failure, send_local, send_plugin_failure,
+};
 use crate::cache::storage::MokaStorage;
-use crate::cache::{cacheability, key};
+use crate::cache::{self, cacheability, key};
 use crate::plugin::chain::{BodyStep, Chain, Outcome};
-use crate::plugin::state::LocalResponse;
-use crate::routing::CachePolicy;
 
-use crate::config::DownstreamLimits;
+use crate::connections;
 use crate::ctx::RequestCtx;
 use crate::errors;
 use crate::framing;
@@ -71,87 +69,6 @@ impl EdgeProxy {
     }
 }
 
-fn policy(ctx: &RequestCtx) -> Option<&CachePolicy> {
-    ctx.route.as_ref().and_then(|r| r.cache.as_ref())
-}
-
-/// The `X-Cache` value for where this response came from.
-fn cache_result(phase: CachePhase) -> &'static str {
-    match phase {
-        CachePhase::Hit => "HIT",
-        CachePhase::Miss => "MISS",
-        CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
-        CachePhase::Expired => "EXPIRED",
-        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
-        _ => "BYPASS",
-    }
-}
-
-fn client_ip(session: &Session) -> Option<String> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
-}
-
-/// The connection's limits for this request and the wait for the next one: the keep-alive
-/// idle timeout (Pingora's default for HTTP/1.1 is to wait forever), the body read timeout,
-/// and pipelining (a second request sent before the first is answered is served in order,
-/// not dropped with the connection).
-fn downstream_limits(session: &mut Session, limits: &DownstreamLimits) {
-    if session.get_keepalive().is_some() {
-        session.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
-    }
-    session.set_read_timeout(Some(limits.body_read_timeout));
-    session.set_pipelining_enabled(true);
-}
-
-/// A body phase's plugin failure (or a body held beyond a plugin's limit) ends the request:
-/// `fail_to_proxy` sends `answer` if the response head has not gone out yet, and otherwise
-/// the connection is closed with the body unterminated, so the client sees an error rather
-/// than a complete-looking truncated response.
-fn plugin_body_failure<T>(ctx: &mut RequestCtx, answer: LocalResponse) -> Result<T> {
-    let status = answer.status;
-    let details = answer.details.clone();
-    ctx.plugin_failure = Some(answer);
-    Error::e_explain(ErrorType::HTTPStatus(status), details)
-}
-
-/// An upstream answer still arriving after its `response_timeout`: a read timeout (504 if no
-/// head was sent, else the response is aborted).
-fn response_deadline(ctx: &RequestCtx) -> Result<()> {
-    let (Some(sent), Some(route)) = (ctx.upstream_sent, ctx.route.as_ref()) else {
-        return Ok(());
-    };
-    let limit = route.upstream.settings.response_timeout;
-    if sent.elapsed() <= limit {
-        return Ok(());
-    }
-    let mut error = Error::explain(
-        ErrorType::ReadTimedout,
-        format!("upstream response exceeded response_timeout ({limit:?})"),
-    );
-    error.as_up();
-    Err(error)
-}
-
-/// `Expect: 100-continue`: the request passed the plugins (a refusal went out instead of a
-/// 100, so the client never sent its body for nothing): the proxy answers `100 Continue`
-/// itself and the expectation, met, is not forwarded.
-async fn continue_if_expected(session: &mut Session) -> Result<()> {
-    if framing::expectation(session.req_header()) != framing::Expectation::Continue {
-        return Ok(());
-    }
-    session
-        .req_header_mut()
-        .remove_header(&http::header::EXPECT);
-    let interim = ResponseHeader::build(100, Some(0))?;
-    session
-        .as_downstream_mut()
-        .write_response_header(Box::new(interim))
-        .await
-}
-
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
@@ -168,7 +85,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.metrics.in_flight.inc();
-        downstream_limits(session, &ctx.generation.config.downstream);
+        connections::apply_limits(session, &ctx.generation.config.downstream);
         if self.draining.load(Ordering::Relaxed) {
             // Draining (shutdown or upgrade): this response says `Connection: close` and the
             // connection ends after it, between requests, so the client's next request goes
@@ -180,17 +97,8 @@ impl ProxyHttp for EdgeProxy {
             return Error::e_explain(ErrorType::HTTPStatus(refusal.status), refusal.message);
         }
         // One spelling of the target for routing, plugins, the cache key and the origin.
-        let uri = &session.req_header().uri;
-        let target = uri.path_and_query().map(|p| p.as_str());
-        if let Some(Cow::Owned(normal)) = target.map(normalize::request_target) {
-            let mut parts = uri.clone().into_parts();
-            parts.path_and_query = normal.parse().ok();
-            match http::Uri::from_parts(parts) {
-                Ok(uri) => session.req_header_mut().set_uri(uri),
-                Err(_) => {
-                    return Error::e_explain(ErrorType::HTTPStatus(400), "bad request target")
-                }
-            }
+        if normalize::apply(session.req_header_mut()).is_err() {
+            return Error::e_explain(ErrorType::HTTPStatus(400), "bad request target");
         }
         let header = session.req_header();
         ctx.request_id =
@@ -217,7 +125,7 @@ impl ProxyHttp for EdgeProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if ctx.route.is_some() {
             let Some(chain) = ctx.chain.as_mut() else {
-                continue_if_expected(session).await?;
+                answers::continue_if_expected(session).await?;
                 return Ok(false);
             };
             let plugins = &ctx.generation.plugins;
@@ -232,7 +140,7 @@ impl ProxyHttp for EdgeProxy {
                 send_local(session, ctx, local).await?;
                 return Ok(true);
             }
-            continue_if_expected(session).await?;
+            answers::continue_if_expected(session).await?;
             return Ok(false);
         }
         let path = session.req_header().uri.path().to_string();
@@ -249,7 +157,7 @@ impl ProxyHttp for EdgeProxy {
     /// Cacheable route, GET/HEAD, no Authorization: look the response up in the cache (after the
     /// request filters, so plugins and auth still see every hit).
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(policy) = policy(ctx) else {
+        let Some(policy) = ctx.cache_policy() else {
             return Ok(());
         };
         let request = session.req_header();
@@ -270,7 +178,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        let (Some(route), Some(policy)) = (ctx.route.as_ref(), policy(ctx)) else {
+        let (Some(route), Some(policy)) = (ctx.route.as_ref(), ctx.cache_policy()) else {
             return Error::e_explain(ErrorType::InternalError, "cache key without a cache policy");
         };
         let request = session.req_header();
@@ -295,7 +203,7 @@ impl ProxyHttp for EdgeProxy {
         response: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        Ok(match policy(ctx) {
+        Ok(match ctx.cache_policy() {
             Some(policy) => cacheability::response_cacheability(response, policy),
             None => RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled),
         })
@@ -389,43 +297,19 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_sent = Some(std::time::Instant::now());
-        let listed = hygiene::connection_listed(&upstream_request.headers);
-        for name in hygiene::HOP_BY_HOP.iter().chain(&listed) {
-            upstream_request.remove_header(name);
-        }
-        if ctx.chain.is_some() && framing::request_has_body(session.req_header()) {
-            // Plugins may rewrite the request body: frame it by what is actually sent.
-            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
-            upstream_request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-        }
-        let client = client_ip(session).unwrap_or_default();
-        let xff = hygiene::forwarded_for(
-            upstream_request
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok()),
-            &client,
-        );
-        upstream_request.insert_header("x-forwarded-for", xff)?;
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
-        if let Some(host) = upstream_request.headers.get(http::header::HOST).cloned() {
-            upstream_request.insert_header("x-forwarded-host", host)?;
-        }
-        let incoming = upstream_request
-            .headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok());
-        let traceparent = hygiene::traceparent(incoming);
-        upstream_request.insert_header("traceparent", traceparent)?;
-        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if let Some(host) = ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.upstream.host_header.as_deref())
-        {
-            upstream_request.insert_header(http::header::HOST, host)?;
-        }
-        Ok(())
+        // Plugins may rewrite the request body: then it is framed by what is actually sent.
+        let rewritable_body =
+            ctx.chain.is_some() && framing::request_has_body(session.req_header());
+        let forwarded = hygiene::Forwarded {
+            client: hygiene::client_ip(session).unwrap_or_default(),
+            request_id: &ctx.request_id,
+            host: ctx
+                .route
+                .as_ref()
+                .and_then(|r| r.upstream.host_header.as_deref()),
+            rewritable_body,
+        };
+        hygiene::prepare_upstream_request(upstream_request, &forwarded)
     }
 
     /// Hop-by-hop headers from the upstream are dropped before the response is cached or sent.
@@ -435,7 +319,7 @@ impl ProxyHttp for EdgeProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response_deadline(ctx)?;
+        ctx.response_deadline()?;
         let listed = hygiene::connection_listed(&response.headers);
         for name in hygiene::HOP_BY_HOP.iter().chain(&listed) {
             response.remove_header(name);
@@ -451,7 +335,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
-        ctx.cache_result = cache_result(session.cache.phase());
+        ctx.cache_result = cache::x_cache(session.cache.phase());
         response.insert_header("x-cache", ctx.cache_result)?;
         let Some(chain) = ctx.chain.as_mut() else {
             return Ok(());
@@ -491,7 +375,7 @@ impl ProxyHttp for EdgeProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        response_deadline(ctx)?;
+        ctx.response_deadline()?;
         Ok(None)
     }
 
@@ -523,7 +407,7 @@ impl ProxyHttp for EdgeProxy {
             Ok(BodyStep::Forward(bytes)) if bytes.is_empty() && end_of_stream => *body = None,
             Ok(BodyStep::Forward(bytes)) => *body = Some(bytes),
             Ok(BodyStep::Hold) => *body = Some(Bytes::new()),
-            Err(answer) => return plugin_body_failure(ctx, answer),
+            Err(answer) => return answers::end_in_body_phase(ctx, answer),
         }
         Ok(())
     }
@@ -553,7 +437,7 @@ impl ProxyHttp for EdgeProxy {
         ) {
             Ok(BodyStep::Forward(bytes)) => *body = (!bytes.is_empty()).then_some(bytes),
             Ok(BodyStep::Hold) => *body = None,
-            Err(answer) => return plugin_body_failure(ctx, answer),
+            Err(answer) => return answers::end_in_body_phase(ctx, answer),
         }
         Ok(None)
     }
@@ -616,7 +500,7 @@ impl ProxyHttp for EdgeProxy {
             .request_seconds
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
-        if policy(ctx).is_some() {
+        if ctx.cache_policy().is_some() {
             self.metrics
                 .cache_lookups
                 .with_label_values(&[route, ctx.cache_result])
@@ -641,7 +525,7 @@ impl ProxyHttp for EdgeProxy {
         tracing::info!(
             target: "access",
             request_id = %ctx.request_id,
-            client = %client_ip(session).unwrap_or_default(),
+            client = %hygiene::client_ip(session).unwrap_or_default(),
             method = %request.method,
             path = %request.uri,
             status,

@@ -1,8 +1,65 @@
 //! Request hygiene at the proxy boundary: request ids, W3C `traceparent` (created or
-//! propagated with a new parent id), `X-Forwarded-*`, and hop-by-hop header removal.
+//! propagated with a new parent id), `X-Forwarded-*`, and hop-by-hop header removal; and the
+//! upstream request they make ([`prepare_upstream_request`]).
 
 use http::header::{HeaderMap, HeaderName, CONNECTION};
 use rand::Rng;
+
+/// The client's IP address, as `X-Forwarded-For` names it.
+pub fn client_ip(session: &pingora::proxy::Session) -> Option<String> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+}
+
+/// What the upstream request is told about the client request.
+#[derive(Debug)]
+pub struct Forwarded<'a> {
+    pub client: String,
+    pub request_id: &'a str,
+    /// The upstream's own `Host`, when it wants one.
+    pub host: Option<&'a str>,
+    /// Plugins may rewrite the request body: frame it by what is actually sent (chunked).
+    pub rewritable_body: bool,
+}
+
+/// Host, `X-Forwarded-*`, `traceparent`, the request id; hop-by-hop headers removed.
+pub fn prepare_upstream_request(
+    request: &mut pingora::http::RequestHeader,
+    forwarded: &Forwarded<'_>,
+) -> pingora::Result<()> {
+    let listed = connection_listed(&request.headers);
+    for name in HOP_BY_HOP.iter().chain(&listed) {
+        request.remove_header(name);
+    }
+    if forwarded.rewritable_body {
+        request.remove_header(&http::header::CONTENT_LENGTH);
+        request.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    let xff = forwarded_for(
+        request
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok()),
+        &forwarded.client,
+    );
+    request.insert_header("x-forwarded-for", xff)?;
+    request.insert_header("x-forwarded-proto", "http")?;
+    if let Some(host) = request.headers.get(http::header::HOST).cloned() {
+        request.insert_header("x-forwarded-host", host)?;
+    }
+    let incoming = request
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    request.insert_header("traceparent", traceparent(incoming))?;
+    request.insert_header("x-request-id", forwarded.request_id)?;
+    if let Some(host) = forwarded.host {
+        request.insert_header(http::header::HOST, host)?;
+    }
+    Ok(())
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy. `Transfer-Encoding` is left
 /// to Pingora, which owns message framing on each side.

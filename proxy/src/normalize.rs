@@ -11,6 +11,8 @@
 
 use std::borrow::Cow;
 
+use pingora::http::RequestHeader;
+
 fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
@@ -22,6 +24,24 @@ fn hex_value(byte: u8) -> Option<u8> {
         b'A'..=b'F' => Some(byte - b'A' + 10),
         _ => None,
     }
+}
+
+/// The normalised target is no valid URI (answered 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("bad request target")]
+pub struct BadTarget;
+
+/// Normalises `request`'s target in place.
+pub fn apply(request: &mut RequestHeader) -> Result<(), BadTarget> {
+    let uri = &request.uri;
+    let target = uri.path_and_query().map(|p| p.as_str());
+    if let Some(Cow::Owned(normal)) = target.map(request_target) {
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = normal.parse().ok();
+        let uri = http::Uri::from_parts(parts).map_err(|_| BadTarget)?;
+        request.set_uri(uri);
+    }
+    Ok(())
 }
 
 /// Decodes percent-encoded unreserved characters and upper-cases the hex of the others; a `%`

@@ -4,3 +4,16 @@
 pub mod cacheability;
 pub mod key;
 pub mod storage;
+
+/// The `X-Cache` value for where a response came from.
+pub fn x_cache(phase: pingora::cache::CachePhase) -> &'static str {
+    use pingora::cache::CachePhase;
+    match phase {
+        CachePhase::Hit => "HIT",
+        CachePhase::Miss => "MISS",
+        CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
+        CachePhase::Expired => "EXPIRED",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
+        _ => "BYPASS",
+    }
+}
