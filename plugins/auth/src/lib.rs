@@ -14,7 +14,7 @@ pub mod jwt;
 pub mod rules;
 
 /// The property the authenticated client id is published under (path `auth.client_id`).
-pub const CLIENT_ID_PROPERTY: [&str; 2] = ["auth", "client_id"];
+pub use plugin_support::CLIENT_ID_PROPERTY;
 
 /// The plugin itself (off when another plugin composes this crate's [`filter`]).
 #[cfg(feature = "filter")]

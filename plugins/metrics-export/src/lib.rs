@@ -51,9 +51,7 @@ mod plugin {
             let started = self.get_current_time();
             let target = self.get_http_request_header(":path").unwrap_or_default();
             let query = target.split_once('?').map_or("", |(_, q)| q);
-            let client_id = self
-                .get_property(vec!["auth", "client_id"])
-                .and_then(|b| String::from_utf8(b).ok());
+            let client_id = plugin_support::published_client_id();
             self.seen = Some(self.recorder.start(query, client_id.as_deref(), started));
             Action::Continue
         }

@@ -25,17 +25,6 @@ pub fn push_client_key(
     out.push_str(address);
 }
 
-/// The bucket owner for a request, as its own string.
-pub fn client_key(
-    client_id: Option<&str>,
-    trusted_address: Option<&str>,
-    source: Option<&str>,
-) -> String {
-    let mut out = String::new();
-    push_client_key(&mut out, client_id, trusted_address, source);
-    out
-}
-
 /// `1.2.3.4:5678` -> `1.2.3.4`, `[::1]:5678` -> `::1`.
 fn host_of(address: &str) -> &str {
     if let Some(rest) = address.strip_prefix('[') {
@@ -52,6 +41,12 @@ fn host_of(address: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client_key(id: Option<&str>, trusted: Option<&str>, source: Option<&str>) -> String {
+        let mut out = String::new();
+        push_client_key(&mut out, id, trusted, source);
+        out
+    }
 
     #[test]
     fn client_id_then_trusted_address_then_source() {

@@ -14,7 +14,7 @@ use proxy_wasm::types::{MapType, Status};
 
 use crate::bucket::{self, Limit, Verdict};
 use crate::client_key::push_client_key;
-use crate::config::Settings;
+use crate::config::{Rule, Settings};
 
 /// The `RateLimit-*` values for the response of an allowed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub struct Quota {
 /// How the step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limited {
-    /// No rule applies (or the store could not be used: not limited).
+    /// The store could not be used: not limited.
     Unlimited,
     Allowed(Quota),
     /// A 429 was sent: the request stops here.
@@ -45,19 +45,11 @@ impl RateLimiter {
         Self { settings }
     }
 
-    /// The step for a request to `path` with `query` at `now_ns`; `client_id` is the verified
-    /// client, if any (else the client's address names the bucket).
-    pub fn on_request_headers(
-        &self,
-        path: &str,
-        query: &str,
-        client_id: Option<&str>,
-        now_ns: u64,
-    ) -> Limited {
+    /// The step for a request `rule` applies to (`settings.rule_for` found it: callers look it
+    /// up first, to skip reading the client and the clock when none applies), at `now_ns`;
+    /// `client_id` is the verified client, if any (else the client's address names the bucket).
+    pub fn on_request_headers(&self, rule: &Rule, client_id: Option<&str>, now_ns: u64) -> Limited {
         let settings = &*self.settings;
-        let Some(rule) = settings.rule_for(path, query) else {
-            return Limited::Unlimited;
-        };
         // Only a verified client id, or the client's address, names a bucket: an unverified
         // `x-api-key` (a public path) would let every random key start a fresh burst.
         let trusted = match (client_id, &settings.client_address_header) {

@@ -47,22 +47,17 @@ mod plugin {
         fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
             let target = self.get_http_request_header(":path").unwrap_or_default();
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-            if self.limiter.settings.rule_for(path, query).is_none() {
+            let limiter = self.limiter.clone();
+            let Some(rule) = limiter.settings.rule_for(path, query) else {
                 return Action::Continue;
-            }
+            };
             // The client id the auth filter published, if any.
-            let client_id = self
-                .get_property(vec!["auth", "client_id"])
-                .and_then(|b| String::from_utf8(b).ok())
-                .filter(|id| !id.is_empty());
+            let client_id = plugin_support::published_client_id();
             let now_ns = self
                 .get_current_time()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-            match self
-                .limiter
-                .on_request_headers(path, query, client_id.as_deref(), now_ns)
-            {
+            match limiter.on_request_headers(rule, client_id.as_deref(), now_ns) {
                 Limited::Unlimited => Action::Continue,
                 Limited::Allowed(quota) => {
                     self.quota = Some(quota);

@@ -51,16 +51,6 @@ struct ShopEdge {
 
 impl Context for ShopEdge {}
 
-/// The client id another plugin published (when this one does not authenticate).
-fn published_client_id() -> Option<Rc<str>> {
-    hostcalls::get_property(auth::CLIENT_ID_PROPERTY.to_vec())
-        .ok()
-        .flatten()
-        .and_then(|b| String::from_utf8(b).ok())
-        .filter(|id| !id.is_empty())
-        .map(Rc::from)
-}
-
 impl HttpContext for ShopEdge {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let parts = &*self.parts;
@@ -75,16 +65,18 @@ impl HttpContext for ShopEdge {
                 Checked::Allowed(client) => Some(client),
                 Checked::Public => None,
             },
-            None if parts.limiter.is_some() || parts.recorder.is_some() => published_client_id(),
+            None if parts.limiter.is_some() || parts.recorder.is_some() => {
+                plugin_support::published_client_id().map(Rc::from)
+            }
             None => None,
         };
         let now = hostcalls::get_current_time().unwrap_or(UNIX_EPOCH);
         if let Some(limiter) = &parts.limiter {
-            if limiter.settings.rule_for(path, query).is_some() {
+            if let Some(rule) = limiter.settings.rule_for(path, query) {
                 let now_ns = now
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-                match limiter.on_request_headers(path, query, client_id.as_deref(), now_ns) {
+                match limiter.on_request_headers(rule, client_id.as_deref(), now_ns) {
                     Limited::Unlimited => {}
                     Limited::Allowed(quota) => self.quota = Some(quota),
                     // As in the chain, metrics never see a refused request.

@@ -17,6 +17,19 @@ use proxy_wasm::types::ContextType;
 /// works the same until its CAS counter has made 2^32 writes.
 pub const CREATE_ONLY: Option<u32> = Some(u32::MAX);
 
+/// The property an authenticated client id is published under (path `auth.client_id`): the
+/// auth filter sets it, the rate limiter and the metrics read it.
+pub const CLIENT_ID_PROPERTY: [&str; 2] = ["auth", "client_id"];
+
+/// The client id a filter before this one published, if any.
+pub fn published_client_id() -> Option<String> {
+    proxy_wasm::hostcalls::get_property(CLIENT_ID_PROPERTY.to_vec())
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|id| !id.is_empty())
+}
+
 /// Parses raw config bytes into settings, or says which key is wrong.
 pub type Parse<S> = fn(&[u8]) -> Result<S, String>;
 

@@ -255,19 +255,6 @@ impl PluginStats {
             .cloned()
             .ok_or(StatsError::NotFound(id))
     }
-
-    pub fn increment(&self, id: u32, offset: i64) -> Result<(), StatsError> {
-        self.series(id)?.increment(offset)
-    }
-
-    pub fn record(&self, id: u32, value: u64) -> Result<(), StatsError> {
-        self.series(id)?.record(value);
-        Ok(())
-    }
-
-    pub fn get(&self, id: u32) -> Result<u64, StatsError> {
-        self.series(id)?.get()
-    }
 }
 
 fn same_kind(family: &Family, kind: MetricKind) -> bool {
@@ -312,19 +299,19 @@ mod tests {
                 .unwrap(),
             polo
         );
-        stats.increment(polo, 3).unwrap();
-        stats.record(polo, 10).unwrap();
-        assert_eq!(stats.get(polo).unwrap(), 10);
-        assert!(stats.increment(polo, -1).is_err());
+        stats.series(polo).unwrap().increment(3).unwrap();
+        stats.series(polo).unwrap().record(10);
+        assert_eq!(stats.series(polo).unwrap().get().unwrap(), 10);
+        assert!(stats.series(polo).unwrap().increment(-1).is_err());
         assert!(stats
             .define("shop", MetricKind::Gauge, "requests_total{category=\"x\"}")
             .is_err());
         let gauge = stats
             .define("shop", MetricKind::Gauge, "in.flight")
             .unwrap();
-        stats.increment(gauge, 2).unwrap();
-        assert_eq!(stats.get(gauge).unwrap(), 2);
-        assert_eq!(stats.get(99), Err(StatsError::NotFound(99)));
+        stats.series(gauge).unwrap().increment(2).unwrap();
+        assert_eq!(stats.series(gauge).unwrap().get().unwrap(), 2);
+        assert_eq!(stats.series(99).err(), Some(StatsError::NotFound(99)));
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&registry.gather())
             .unwrap();

@@ -150,12 +150,8 @@ fn deliver(
     let Some(vm) = guard.vm() else {
         return Vec::new();
     };
-    let (headers, body) = answer.sizes();
-    vm.state_mut().callout_response = answer.response;
-    let result = vm.on_http_call_response(ROOT_CONTEXT_ID, token, headers, body);
-    let state = vm.state_mut();
-    state.callout_response = None;
-    let more = std::mem::take(&mut state.callouts);
+    let result = vm.on_http_call_answer(ROOT_CONTEXT_ID, token, answer);
+    let more = std::mem::take(&mut vm.state_mut().callouts);
     if let Err(fault) = result {
         guard.discard();
         tracing::warn!(plugin = %plugin.name(), %fault, "plugin failed in a tick's callout response");

@@ -326,6 +326,21 @@ impl Vm {
         .map(drop)
     }
 
+    /// A callout's answer to `context`: readable (`proxy_get_http_call_response_*`) for the
+    /// length of `on_http_call_response` only.
+    pub fn on_http_call_answer(
+        &mut self,
+        context: u32,
+        token: u32,
+        answer: super::callout::CalloutAnswer,
+    ) -> Result<(), Fault> {
+        let (headers, body) = answer.sizes();
+        self.state_mut().callout_response = answer.response;
+        let delivered = self.on_http_call_response(context, token, headers, body);
+        self.state_mut().callout_response = None;
+        delivered
+    }
+
     pub fn on_tick(&mut self) -> Result<(), Fault> {
         self.store.data_mut().effective_context = ROOT_CONTEXT_ID;
         self.call(Callback::Tick, |e| e.on_tick.as_ref(), ROOT_CONTEXT_ID)

@@ -129,11 +129,7 @@ impl Leftovers {
                 let Some(vm) = guard.vm() else { return };
                 let (result, more) =
                     with_exchange(vm, &mut self.exchange, &mut self.request, None, |vm| {
-                        let (headers, body) = answer.sizes();
-                        vm.state_mut().callout_response = answer.response;
-                        let delivered = vm.on_http_call_response(context, token, headers, body);
-                        vm.state_mut().callout_response = None;
-                        delivered
+                        vm.on_http_call_answer(context, token, answer)
                     });
                 self.exchange.local_response = None;
                 if let Err(fault) = result {

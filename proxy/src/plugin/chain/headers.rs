@@ -219,13 +219,7 @@ impl Chain {
                     &mut self.exchange,
                     request,
                     response.as_deref_mut(),
-                    |vm| {
-                        let (headers, body) = answer.sizes();
-                        vm.state_mut().callout_response = answer.response;
-                        let delivered = vm.on_http_call_response(context, token, headers, body);
-                        vm.state_mut().callout_response = None;
-                        delivered
-                    },
+                    |vm| vm.on_http_call_answer(context, token, answer),
                 );
                 if let Err(fault) = result {
                     guard.discard();
