@@ -19,27 +19,35 @@ pub use plugin_support::CLIENT_ID_PROPERTY;
 /// The plugin itself (off when another plugin composes this crate's [`filter`]).
 #[cfg(feature = "filter")]
 mod plugin {
-    use plugin_support::ConfiguredRoot;
-    use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, LogLevel};
+    use plugin_support::ConfiguredPlugin;
+    use proxy_wasm::traits::{Context, HttpContext};
+    use proxy_wasm::types::Action;
 
     use crate::config::Settings;
     use crate::filter::{Authenticator, Checked};
 
     proxy_wasm::main! {{
-        proxy_wasm::set_log_level(LogLevel::Info);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-            Box::new(ConfiguredRoot::new(
-                "auth",
-                Settings::parse,
-                // One authenticator per VM (its verified credentials are the VM's).
-                Box::new(Authenticator::new),
-                Box::new(|auth: &Authenticator| -> Box<dyn HttpContext> {
-                    Box::new(Auth { auth: auth.clone() })
-                }),
-            ))
-        });
+        plugin_support::register::<Auth>();
     }}
+
+    impl ConfiguredPlugin for Auth {
+        const NAME: &'static str = "auth";
+        type Settings = Settings;
+        /// One authenticator per VM (its verified credentials are the VM's).
+        type State = Authenticator;
+
+        fn parse(bytes: &[u8]) -> Result<Settings, String> {
+            Settings::parse(bytes)
+        }
+
+        fn build(settings: std::rc::Rc<Settings>) -> Authenticator {
+            Authenticator::new(settings)
+        }
+
+        fn context(auth: &Authenticator) -> Box<dyn HttpContext> {
+            Box::new(Auth { auth: auth.clone() })
+        }
+    }
 
     struct Auth {
         auth: Authenticator,

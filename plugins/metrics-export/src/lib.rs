@@ -12,31 +12,39 @@ pub mod labels;
 /// The plugin itself (off when another plugin composes this crate's [`filter`]).
 #[cfg(feature = "filter")]
 mod plugin {
-    use plugin_support::ConfiguredRoot;
-    use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, LogLevel};
+    use plugin_support::ConfiguredPlugin;
+    use proxy_wasm::traits::{Context, HttpContext};
+    use proxy_wasm::types::Action;
 
     use crate::filter::{Answered, Recorder, Seen};
     use crate::labels::Guard;
 
     proxy_wasm::main! {{
-        proxy_wasm::set_log_level(LogLevel::Info);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-            Box::new(ConfiguredRoot::new(
-                "metrics-export",
-                Guard::parse,
-                // One recorder per VM: its series registry is shared by the VM's requests.
-                Box::new(Recorder::new),
-                Box::new(|recorder: &Recorder| -> Box<dyn HttpContext> {
-                    Box::new(RequestMetrics {
-                        recorder: recorder.clone(),
-                        seen: None,
-                        answered: Answered::default(),
-                    })
-                }),
-            ))
-        });
+        plugin_support::register::<RequestMetrics>();
     }}
+
+    impl ConfiguredPlugin for RequestMetrics {
+        const NAME: &'static str = "metrics-export";
+        type Settings = Guard;
+        /// One recorder per VM: its series registry is shared by the VM's requests.
+        type State = Recorder;
+
+        fn parse(bytes: &[u8]) -> Result<Guard, String> {
+            Guard::parse(bytes)
+        }
+
+        fn build(guard: std::rc::Rc<Guard>) -> Recorder {
+            Recorder::new(guard)
+        }
+
+        fn context(recorder: &Recorder) -> Box<dyn HttpContext> {
+            Box::new(RequestMetrics {
+                recorder: recorder.clone(),
+                seen: None,
+                answered: Answered::default(),
+            })
+        }
+    }
 
     struct RequestMetrics {
         recorder: Recorder,

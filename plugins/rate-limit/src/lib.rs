@@ -14,26 +14,37 @@ pub mod filter;
 mod plugin {
     use std::time::UNIX_EPOCH;
 
-    use plugin_support::ConfiguredRoot;
-    use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, LogLevel};
+    use plugin_support::ConfiguredPlugin;
+    use proxy_wasm::traits::{Context, HttpContext};
+    use proxy_wasm::types::Action;
 
     use crate::config::Settings;
     use crate::filter::{Limited, Quota, RateLimiter};
 
     proxy_wasm::main! {{
-        proxy_wasm::set_log_level(LogLevel::Info);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-            Box::new(ConfiguredRoot::new(
-                "rate-limit",
-                Settings::parse,
-                Box::new(RateLimiter::new),
-                Box::new(|limiter: &RateLimiter| -> Box<dyn HttpContext> {
-                    Box::new(Limiter { limiter: limiter.clone(), quota: None })
-                }),
-            ))
-        });
+        plugin_support::register::<Limiter>();
     }}
+
+    impl ConfiguredPlugin for Limiter {
+        const NAME: &'static str = "rate-limit";
+        type Settings = Settings;
+        type State = RateLimiter;
+
+        fn parse(bytes: &[u8]) -> Result<Settings, String> {
+            Settings::parse(bytes)
+        }
+
+        fn build(settings: std::rc::Rc<Settings>) -> RateLimiter {
+            RateLimiter::new(settings)
+        }
+
+        fn context(limiter: &RateLimiter) -> Box<dyn HttpContext> {
+            Box::new(Limiter {
+                limiter: limiter.clone(),
+                quota: None,
+            })
+        }
+    }
 
     struct Limiter {
         limiter: RateLimiter,

@@ -11,10 +11,10 @@ pub mod config;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use plugin_support::ConfiguredRoot;
+use plugin_support::ConfiguredPlugin;
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, LogLevel, MapType};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
 
 use auth::filter::Checked;
 use metrics_export::filter::{Answered, Seen};
@@ -23,24 +23,32 @@ use rate_limit::filter::{Limited, Quota, RateLimiter};
 use crate::config::{Parts, Settings};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(ConfiguredRoot::new(
-            "shop-edge",
-            Settings::parse,
-            // One set of parts per VM (their caches and series registry are the VM's).
-            Box::new(|settings| Rc::new(Parts::new(&settings))),
-            Box::new(|parts: &Rc<Parts>| -> Box<dyn HttpContext> {
-                Box::new(ShopEdge {
-                    parts: parts.clone(),
-                    quota: None,
-                    seen: None,
-                    answered: Answered::default(),
-                })
-            }),
-        ))
-    });
+    plugin_support::register::<ShopEdge>();
 }}
+
+impl ConfiguredPlugin for ShopEdge {
+    const NAME: &'static str = "shop-edge";
+    type Settings = Settings;
+    /// One set of parts per VM (their caches and series registry are the VM's).
+    type State = Rc<Parts>;
+
+    fn parse(bytes: &[u8]) -> Result<Settings, String> {
+        Settings::parse(bytes)
+    }
+
+    fn build(settings: Rc<Settings>) -> Rc<Parts> {
+        Rc::new(Parts::new(&settings))
+    }
+
+    fn context(parts: &Rc<Parts>) -> Box<dyn HttpContext> {
+        Box::new(ShopEdge {
+            parts: parts.clone(),
+            quota: None,
+            seen: None,
+            answered: Answered::default(),
+        })
+    }
+}
 
 struct ShopEdge {
     parts: Rc<Parts>,

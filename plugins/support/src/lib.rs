@@ -30,53 +30,48 @@ pub fn published_client_id() -> Option<String> {
         .filter(|id| !id.is_empty())
 }
 
-/// Parses raw config bytes into settings, or says which key is wrong.
-pub type Parse<S> = fn(&[u8]) -> Result<S, String>;
+/// A production plugin: its name, its config checker, the working state a VM builds from the
+/// settings (what its requests share: settings, caches) and the HTTP context of one request.
+pub trait ConfiguredPlugin: 'static {
+    const NAME: &'static str;
+    type Settings: Default;
+    type State;
 
-/// Builds a VM's working state (what its requests share: settings, caches) from the settings.
-pub type Build<S, P> = Box<dyn Fn(Rc<S>) -> P>;
+    /// Parses raw config bytes into settings, or says which key is wrong.
+    fn parse(bytes: &[u8]) -> Result<Self::Settings, String>;
 
-/// Builds the HTTP context of one request around the VM's state.
-pub type MakeContext<P> = Box<dyn Fn(&P) -> Box<dyn HttpContext>>;
+    fn build(settings: Rc<Self::Settings>) -> Self::State;
 
-pub struct ConfiguredRoot<S, P> {
-    plugin: &'static str,
-    parse: Parse<S>,
-    build: Build<S, P>,
-    make: MakeContext<P>,
-    state: P,
+    fn context(state: &Self::State) -> Box<dyn HttpContext>;
 }
 
-impl<S: Default, P> ConfiguredRoot<S, P> {
-    pub fn new(
-        plugin: &'static str,
-        parse: Parse<S>,
-        build: Build<S, P>,
-        make: MakeContext<P>,
-    ) -> Self {
-        let state = build(Rc::new(S::default()));
-        Self {
-            plugin,
-            parse,
-            build,
-            make,
-            state,
-        }
-    }
+/// Registers `P`'s root context: call it from `proxy_wasm::main!`.
+pub fn register<P: ConfiguredPlugin>() {
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(ConfiguredRoot::<P> {
+            state: P::build(Rc::default()),
+        })
+    });
 }
 
-impl<S, P> Context for ConfiguredRoot<S, P> {}
+/// The root context of a [`ConfiguredPlugin`] (one per VM).
+struct ConfiguredRoot<P: ConfiguredPlugin> {
+    state: P::State,
+}
 
-impl<S: 'static, P: 'static> RootContext for ConfiguredRoot<S, P> {
+impl<P: ConfiguredPlugin> Context for ConfiguredRoot<P> {}
+
+impl<P: ConfiguredPlugin> RootContext for ConfiguredRoot<P> {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match (self.parse)(&bytes) {
+        match P::parse(&bytes) {
             Ok(settings) => {
-                self.state = (self.build)(Rc::new(settings));
+                self.state = P::build(Rc::new(settings));
                 true
             }
             Err(e) => {
-                log::error!("{}: {e}", self.plugin);
+                log::error!("{}: {e}", P::NAME);
                 false
             }
         }
@@ -87,7 +82,7 @@ impl<S: 'static, P: 'static> RootContext for ConfiguredRoot<S, P> {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some((self.make)(&self.state))
+        Some(P::context(&self.state))
     }
 }
 
