@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::common::{start_counting_echo, Proxy};
+use crate::common::{proxy_yaml, start_counting_echo, Proxy};
 
 /// A module exporting the ABI marker, memory, an allocator (a fixed scratch area) and a
 /// `proxy_on_request_headers` running `body` (which traps with `unreachable` on a failed
@@ -108,27 +108,22 @@ fn start(echo: SocketAddr) -> Proxy {
         let route = |name: &str| {
             format!("  - {{ name: {name}, path_prefix: /{name}/, upstream: echo, plugins: [{name}] }}\n")
         };
-        format!(
-            "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 2s, upgrade_sock: {sock} }}\n\
-             listen: 127.0.0.1:{listen}\n\
-             admin: {{ listen: 127.0.0.1:{admin} }}\n\
-             upstreams:\n  echo: {{ addresses: [{echo}] }}\n\
-             plugins:\n{plugins}\
-             routes:\n{routes}",
-            sock = dir.join("upgrade.sock").display(),
-            listen = crate::common::free_port(),
-            admin = crate::common::free_port(),
-            plugins = [
-                plugin("sizes", &sizes, "hello"),
-                plugin("empty-config", &empty, "''"),
-                plugin("random-bomb", &random, "''"),
-                plugin("iovec-bomb", &iovec, "''"),
-            ]
-            .concat(),
-            routes = ["sizes", "empty-config", "random-bomb", "iovec-bomb"]
-                .map(route)
-                .concat(),
-        )
+        let plugins = [
+            plugin("sizes", &sizes, "hello"),
+            plugin("empty-config", &empty, "''"),
+            plugin("random-bomb", &random, "''"),
+            plugin("iovec-bomb", &iovec, "''"),
+        ]
+        .concat();
+        let routes = ["sizes", "empty-config", "random-bomb", "iovec-bomb"]
+            .map(route)
+            .concat();
+        proxy_yaml(
+            dir,
+            &format!("  echo: {{ addresses: [{echo}] }}"),
+            routes.trim_end(),
+        ) + "plugins:\n"
+            + &plugins
     })
 }
 

@@ -6,27 +6,21 @@
 
 use std::net::SocketAddr;
 
-use crate::common::{assemblyscript_wasm, start_counting_echo, Proxy};
+use crate::common::{assemblyscript_wasm, proxy_yaml, start_counting_echo, Proxy};
 
 fn start(echo: SocketAddr) -> Proxy {
     let wasm = assemblyscript_wasm("add-header-as", "add_header_as");
+    let routes =
+        "  - { name: greeter, path_prefix: /greet/, upstream: echo, plugins: [greeter] }\n\
+                  \x20 - { name: plain, path_prefix: /plain/, upstream: echo, plugins: [plain] }";
     Proxy::start(|dir| {
-        format!(
-            "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 2s, upgrade_sock: {sock} }}\n\
-             listen: 127.0.0.1:{listen}\n\
-             admin: {{ listen: 127.0.0.1:{admin} }}\n\
-             upstreams:\n  echo: {{ addresses: [{echo}] }}\n\
-             plugins:\n\
-             \x20 - {{ name: greeter, module: {wasm}, root_id: add_header, config: hi there }}\n\
-             \x20 - {{ name: plain, module: {wasm}, root_id: add_header }}\n\
-             routes:\n\
-             \x20 - {{ name: greeter, path_prefix: /greet/, upstream: echo, plugins: [greeter] }}\n\
-             \x20 - {{ name: plain, path_prefix: /plain/, upstream: echo, plugins: [plain] }}\n",
-            sock = dir.join("upgrade.sock").display(),
-            listen = crate::common::free_port(),
-            admin = crate::common::free_port(),
-            wasm = wasm.display(),
-        )
+        proxy_yaml(dir, &format!("  echo: {{ addresses: [{echo}] }}"), routes)
+            + &format!(
+                "plugins:\n\
+                 \x20 - {{ name: greeter, module: {wasm}, root_id: add_header, config: hi there }}\n\
+                 \x20 - {{ name: plain, module: {wasm}, root_id: add_header }}\n",
+                wasm = wasm.display(),
+            )
     })
 }
 

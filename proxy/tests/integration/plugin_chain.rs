@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use crate::common::{plugin_wasm, start_counting_echo, Proxy};
+use crate::common::{plugin_wasm, proxy_yaml, start_counting_echo, Proxy};
 
 /// `/pair/` runs `first` then `second` (both the conformance plugin, greeting with their
 /// names); `/closed/` runs `probe` alone on one VM, with `root_id: custom-root`.
@@ -17,26 +17,21 @@ fn start(echo: SocketAddr) -> Proxy {
 /// tick calls the echo upstream, and each answer calls it again after 3 s (`/followup`).
 fn start_with(echo: SocketAddr, tick_ms: u64) -> Proxy {
     let wasm = plugin_wasm("conformance");
+    let upstreams =
+        format!("  echo: {{ addresses: [{echo}] }}\n  authz: {{ addresses: [{echo}] }}");
+    let routes = "  - { name: pair, path_prefix: /pair/, upstream: echo, plugins: [first, second] }\n\
+                  \x20 - { name: closed, path_prefix: /closed/, upstream: echo, plugins: [probe] }\n\
+                  \x20 - { name: ticks, path_prefix: /ticks/, upstream: echo, plugins: [ticker] }";
     Proxy::start(|dir| {
-        format!(
-            "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 2s, upgrade_sock: {sock} }}\n\
-             listen: 127.0.0.1:{listen}\n\
-             admin: {{ listen: 127.0.0.1:{admin} }}\n\
-             upstreams:\n  echo: {{ addresses: [{echo}] }}\n  authz: {{ addresses: [{echo}] }}\n\
-             plugins:\n\
-             \x20 - {{ name: first, module: {wasm}, config: {{ greeting: first }} }}\n\
-             \x20 - {{ name: second, module: {wasm}, config: {{ greeting: second }} }}\n\
-             \x20 - {{ name: probe, module: {wasm}, config: {{ greeting: hello }}, vms: 1, root_id: custom-root, allowed_upstreams: [authz] }}\n\
-             \x20 - {{ name: ticker, module: {wasm}, config: {{ tick_ms: {tick_ms}, tick_callout: true, tick_followup: true, followup_path: \"/followup?delay_ms=3000\" }}, vms: 1, allowed_upstreams: [authz] }}\n\
-             routes:\n\
-             \x20 - {{ name: pair, path_prefix: /pair/, upstream: echo, plugins: [first, second] }}\n\
-             \x20 - {{ name: closed, path_prefix: /closed/, upstream: echo, plugins: [probe] }}\n\
-             \x20 - {{ name: ticks, path_prefix: /ticks/, upstream: echo, plugins: [ticker] }}\n",
-            sock = dir.join("upgrade.sock").display(),
-            listen = crate::common::free_port(),
-            admin = crate::common::free_port(),
-            wasm = wasm.display(),
-        )
+        proxy_yaml(dir, &upstreams, routes)
+            + &format!(
+                "plugins:\n\
+                 \x20 - {{ name: first, module: {wasm}, config: {{ greeting: first }} }}\n\
+                 \x20 - {{ name: second, module: {wasm}, config: {{ greeting: second }} }}\n\
+                 \x20 - {{ name: probe, module: {wasm}, config: {{ greeting: hello }}, vms: 1, root_id: custom-root, allowed_upstreams: [authz] }}\n\
+                 \x20 - {{ name: ticker, module: {wasm}, config: {{ tick_ms: {tick_ms}, tick_callout: true, tick_followup: true, followup_path: \"/followup?delay_ms=3000\" }}, vms: 1, allowed_upstreams: [authz] }}\n",
+                wasm = wasm.display(),
+            )
     })
 }
 
