@@ -147,9 +147,6 @@ impl Chain {
         body: Bytes,
         callouts: &Callouts,
     ) -> Result<Bytes, LocalResponse> {
-        if self.answered == Some(0) {
-            return Ok(body);
-        }
         if let Outcome::Respond(local) = self
             .response_headers(plugins, request, header, callouts)
             .await
