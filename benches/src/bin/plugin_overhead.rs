@@ -26,6 +26,11 @@ struct Args {
     products: u32,
     #[command(flatten)]
     load: rig::LoadArgs,
+    /// Open-loop rounds at this fraction of the SLOWEST target's capacity (so that no target
+    /// is saturated): CPU per request at the same offered load, where a slower proxy does not
+    /// pay for the extra wake-ups of a load client that waits on it (0 skips them).
+    #[arg(long, default_value_t = 0.5)]
+    paced_load: f64,
     /// The request; by default `/api/v1/products?category=polo&limit=50` (cache hits), or
     /// `/api/v1/products/42` with `--fetch`.
     #[arg(long)]
@@ -270,6 +275,31 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!chosen.is_empty(), "--only takes 0, 1, 3, 4 or 5");
     let series = rig::alternate(args.load.rounds, &chosen).await?;
     println!("{}", report::summary(&series, &series[0]));
+    if args.paced_load > 0.0 {
+        let slowest = series
+            .iter()
+            .map(report::Series::median_throughput)
+            .fold(f64::INFINITY, f64::min);
+        let rate = args.paced_load * slowest;
+        println!(
+            "open loop: every target at {rate:.0} req/s ({:.0}% of the slowest one's capacity), latency from each request's due time\n",
+            args.paced_load * 100.0
+        );
+        let paced: Vec<load::LoadSpec> = chosen
+            .iter()
+            .map(|(_, spec)| load::LoadSpec {
+                rate: Some(rate),
+                ..(*spec).clone()
+            })
+            .collect();
+        let named: Vec<(&str, &load::LoadSpec)> = chosen
+            .iter()
+            .zip(&paced)
+            .map(|((name, _), spec)| (*name, spec))
+            .collect();
+        let series = rig::alternate(args.load.rounds, &named).await?;
+        println!("{}", report::summary(&series, &series[0]));
+    }
     for p in [none, one, three, shop, merged] {
         tokio::task::spawn_blocking(move || p.stop()).await?;
     }

@@ -166,6 +166,12 @@ impl SharedData {
             if cas != 0 && live && entry.cas != cas {
                 return Err(SetError::CasMismatch);
             }
+            if entry.value.len() == value.len() {
+                // The common write (a rate-limit bucket's next state): same size, so no room
+                // to make; rewritten where it is, nothing allocated.
+                inner.rewrite(key, value, now);
+                return Ok(());
+            }
         }
         let old = inner.take(key);
         if let Err(e) = inner.make_room(weight, now, &self.counters) {
@@ -212,6 +218,35 @@ impl Inner {
         self.entries.insert(key, entry);
     }
 
+    /// Overwrites the value of `key` (present, with a value of the same length) in place, as
+    /// a new write: a new CAS token, use and expiry; its key moves between the order indexes
+    /// without being copied.
+    fn rewrite(&mut self, key: &str, value: &[u8], now: Instant) {
+        self.next_cas = self.next_token();
+        self.next_use += 1;
+        let (cas, used, expires) = (
+            self.next_cas,
+            self.next_use,
+            self.settings.ttl(key).map(|ttl| now + ttl),
+        );
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        entry.value.copy_from_slice(value);
+        let ordered = match entry.expires {
+            Some(at) => self.expiring.remove(&(at, entry.used)),
+            None => self.lru.remove(&entry.used),
+        };
+        entry.cas = cas;
+        entry.used = used;
+        entry.expires = expires;
+        let ordered = ordered.unwrap_or_else(|| key.to_string());
+        match expires {
+            Some(at) => self.expiring.insert((at, used), ordered),
+            None => self.lru.insert(used, ordered),
+        };
+    }
+
     fn take(&mut self, key: &str) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
         self.bytes -= entry.weight(key);
@@ -230,9 +265,10 @@ impl Inner {
             return;
         };
         if entry.expires.is_none() {
-            self.lru.remove(&entry.used);
+            let ordered = self.lru.remove(&entry.used);
             entry.used = next;
-            self.lru.insert(next, key.to_string());
+            self.lru
+                .insert(next, ordered.unwrap_or_else(|| key.to_string()));
         }
     }
 
@@ -366,6 +402,41 @@ mod tests {
         assert!(store.get("tmp/a").is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(store.get("tmp/a").is_none());
+    }
+
+    /// A write of the same size is made in place (no allocation), and is still a whole new
+    /// write: a new token, the most recently used (no TTL), a renewed expiry (TTL), the same
+    /// bytes accounted.
+    #[test]
+    fn same_size_writes_in_place_renew_order_expiry_and_token() {
+        let weight = 2 + 100 + ENTRY_OVERHEAD;
+        let store = SharedData::new(2 * weight as u64, vec![]);
+        store.set("k1", &[1; 100], 0).unwrap();
+        store.set("k2", &[2; 100], 0).unwrap();
+        let (_, cas) = store.get("k1").unwrap();
+        store.get("k2").unwrap();
+        // k1 is now the least recently used; rewriting it makes it the most recent.
+        store.set("k1", &[3; 100], cas).unwrap();
+        assert_eq!(store.set("k1", &[4; 100], cas), Err(SetError::CasMismatch));
+        assert_eq!(store.usage(), (2, 2 * weight));
+        store.set("k3", &[5; 100], 0).unwrap();
+        assert!(store.get("k2").is_none(), "k2 was the least recently used");
+        assert_eq!(store.get("k1").unwrap().0, vec![3; 100]);
+
+        // Margins of hundreds of milliseconds: a busy machine may stall this thread.
+        let store = SharedData::new(1 << 20, vec![("t/".into(), Duration::from_millis(1000))]);
+        store.set("t/k", &[0; 8], 0).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        store.set("t/k", &[1; 8], 0).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(
+            store.get("t/k").unwrap().0,
+            vec![1; 8],
+            "the rewrite renewed its TTL"
+        );
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(store.get("t/k").is_none());
+        assert_eq!(store.usage(), (0, 0));
     }
 
     /// A flood of new keys never evicts a live TTL entry (a bucket still refilling): once only

@@ -3,7 +3,9 @@
 //! and a callout's response headers. Trailers are empty maps (Pingora's HTTP/1 has none).
 //! Maps are read and written in the ABI's pair serialization (`pairs.rs`).
 
-use http::header::{HeaderName, HeaderValue};
+use std::borrow::Cow;
+
+use http::header::HeaderValue;
 use wasmtime::Caller;
 
 use super::{status, Registrar};
@@ -14,39 +16,42 @@ const REQUEST_HEADERS: u32 = 0;
 const RESPONSE_HEADERS: u32 = 2;
 const CALL_RESPONSE_HEADERS: u32 = 6;
 
-/// Every (name, value) of map `map`, pseudo-headers first; empty when not available now.
-pub fn pairs_of(state: &HostState, map: u32) -> Vec<(String, Vec<u8>)> {
+/// Every (name, value) of map `map`, pseudo-headers first, borrowed from the state (a map
+/// read serializes them straight from here); empty when not available now.
+pub fn pairs_of(state: &HostState, map: u32) -> Vec<(&[u8], &[u8])> {
     match map {
         REQUEST_HEADERS if state.request_live => {
-            let request = &state.request_headers;
-            let mut out = pseudo_request(state);
+            let headers = &state.request_headers.headers;
+            let mut out = Vec::with_capacity(REQUEST_PSEUDO.len() + headers.len());
+            for name in REQUEST_PSEUDO {
+                let value = pseudo_value(state, REQUEST_HEADERS, name).unwrap_or_default();
+                out.push((name.as_bytes(), value));
+            }
             out.extend(
-                request
-                    .headers
+                headers
                     .iter()
-                    .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())),
+                    .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())),
             );
             out
         }
         RESPONSE_HEADERS if state.response_live => {
             let response = &state.response_headers;
-            let mut out = vec![(
-                ":status".to_string(),
-                response.status.as_str().as_bytes().to_vec(),
-            )];
+            let mut out = Vec::with_capacity(1 + response.headers.len());
+            out.push((&b":status"[..], response.status.as_str().as_bytes()));
             out.extend(
                 response
                     .headers
                     .iter()
-                    .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())),
+                    .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())),
             );
             out
         }
-        CALL_RESPONSE_HEADERS => state
-            .callout_response
-            .as_ref()
-            .map(|r| r.headers.clone())
-            .unwrap_or_default(),
+        CALL_RESPONSE_HEADERS => state.callout_response.as_ref().map_or_else(Vec::new, |r| {
+            r.headers
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+                .collect()
+        }),
         _ => Vec::new(),
     }
 }
@@ -54,18 +59,8 @@ pub fn pairs_of(state: &HostState, map: u32) -> Vec<(String, Vec<u8>)> {
 /// The request pseudo-headers, in the order Envoy gives them.
 const REQUEST_PSEUDO: [&str; 4] = [":method", ":path", ":authority", ":scheme"];
 
-fn pseudo_request(state: &HostState) -> Vec<(String, Vec<u8>)> {
-    REQUEST_PSEUDO
-        .iter()
-        .map(|name| {
-            let value = pseudo_value(state, REQUEST_HEADERS, name).unwrap_or_default();
-            ((*name).to_string(), value)
-        })
-        .collect()
-}
-
 /// One pseudo-header (`name` with its colon), computed without building the whole map.
-fn pseudo_value(state: &HostState, map: u32, name: &str) -> Option<Vec<u8>> {
+fn pseudo_value<'s>(state: &'s HostState, map: u32, name: &str) -> Option<&'s [u8]> {
     match map {
         REQUEST_HEADERS if state.request_live => {
             let request = &state.request_headers;
@@ -85,21 +80,21 @@ fn pseudo_value(state: &HostState, map: u32, name: &str) -> Option<Vec<u8>> {
                 ":scheme" => b"http",
                 _ => return None,
             };
-            Some(value.to_vec())
+            Some(value)
         }
         RESPONSE_HEADERS if state.response_live && name == ":status" => {
-            Some(state.response_headers.status.as_str().as_bytes().to_vec())
+            Some(state.response_headers.status.as_str().as_bytes())
         }
         _ => None,
     }
 }
 
 /// `name` in lower case, allocating only when it is not already.
-fn lowercase(name: &str) -> std::borrow::Cow<'_, str> {
+fn lowercase(name: &str) -> Cow<'_, str> {
     if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+        Cow::Owned(name.to_ascii_lowercase())
     } else {
-        std::borrow::Cow::Borrowed(name)
+        Cow::Borrowed(name)
     }
 }
 
@@ -109,11 +104,11 @@ fn value_of(state: &HostState, map: u32, name: &str) -> Option<Vec<u8>> {
     if map == CALL_RESPONSE_HEADERS {
         return pairs_of(state, map)
             .into_iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
-            .map(|(_, v)| v);
+            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.to_vec());
     }
     if name.starts_with(':') {
-        return pseudo_value(state, map, &name);
+        return pseudo_value(state, map, &name).map(<[u8]>::to_vec);
     }
     let headers = match map {
         REQUEST_HEADERS if state.request_live => &state.request_headers.headers,
@@ -183,28 +178,27 @@ fn edit(state: &mut HostState, map: u32, name: &str, value: &[u8], how: Edit) {
 }
 
 /// Pingora's header types keep a case map in step with the values: edit through their API.
+/// Names go in as a (lower-case) `String`: Pingora keeps it as the name's wire case and
+/// parses it once (checking it); a `HeaderName` would be parsed, then copied again for the
+/// case map, then parsed again. Removal looks the borrowed name up, building nothing.
 trait EditHeaders {
-    fn insert(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()>;
-    fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<bool>;
-    fn remove(&mut self, name: &HeaderName);
-    fn has(&self, name: &str) -> bool;
+    fn insert(&mut self, name: String, value: HeaderValue) -> pingora::Result<()>;
+    fn append(&mut self, name: String, value: HeaderValue) -> pingora::Result<bool>;
+    fn remove(&mut self, name: &str);
 }
 
 /// Both header types offer the same editing methods.
 macro_rules! edit_headers_for {
     ($($header:ty),*) => {$(
         impl EditHeaders for $header {
-            fn insert(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+            fn insert(&mut self, name: String, value: HeaderValue) -> pingora::Result<()> {
                 self.insert_header(name, value)
             }
-            fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<bool> {
+            fn append(&mut self, name: String, value: HeaderValue) -> pingora::Result<bool> {
                 self.append_header(name, value)
             }
-            fn remove(&mut self, name: &HeaderName) {
+            fn remove(&mut self, name: &str) {
                 self.remove_header(name);
-            }
-            fn has(&self, name: &str) -> bool {
-                self.headers.contains_key(name)
             }
         }
     )*};
@@ -218,16 +212,12 @@ fn apply(
     value: &[u8],
     how: Edit,
 ) -> Result<(), String> {
-    if how == Edit::Remove && !headers.has(name) {
-        // Nothing to remove (auth strips credentials a request rarely has): no name built.
-        return Ok(());
-    }
-    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
     if how == Edit::Remove {
-        headers.remove(&name);
+        headers.remove(name);
         return Ok(());
     }
     let value = HeaderValue::from_bytes(value).map_err(|e| e.to_string())?;
+    let name = name.to_owned();
     match how {
         Edit::Add => headers.append(name, value).map(|_| ()),
         _ => headers.insert(name, value),
@@ -266,7 +256,10 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
             let bytes = memory::read(&caller, ptr, len)?;
             let new_pairs = pairs::deserialize(&bytes)?;
             let state = caller.data_mut();
-            let old: Vec<String> = pairs_of(state, map).into_iter().map(|(k, _)| k).collect();
+            let old: Vec<String> = pairs_of(state, map)
+                .into_iter()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                .collect();
             for name in old.iter().filter(|n| !n.starts_with(':')) {
                 edit(state, map, name, b"", Edit::Remove);
             }
