@@ -129,8 +129,11 @@ pub fn start_proxy(
     let yaml = format!(
         "server: {{ threads: 2, work_stealing: {ws}, grace_period: 0s, graceful_shutdown_timeout: 1s, upgrade_sock: {sock} }}\n\
          listen: 127.0.0.1:{listen}\nadmin: {{ listen: 127.0.0.1:{admin} }}\n\
+         access_log: {access_log}\n\
          upstreams:\n{upstreams}\nroutes:\n{routes}\n{extra}\n",
         sock = dir.join("upgrade.sock").display(),
+        // On, as shipped, into a file (as NGINX's access log in the peers harness).
+        access_log = dir.join("access.log").display(),
         ws = std::env::var("EDGE_BENCH_WORK_STEALING").unwrap_or_else(|_| "true".into()),
         listen = free_port()?,
         admin = free_port()?,

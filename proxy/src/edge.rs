@@ -17,6 +17,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::access_log::{self, AccessLog};
 use crate::answers::{
     self, local_header, respond_json, send_failure, send_local, send_plugin_failure,
 };
@@ -41,6 +42,7 @@ pub struct EdgeProxy {
     metrics: Arc<Metrics>,
     cache: &'static MokaStorage,
     cache_lock: &'static CacheKeyLockImpl,
+    access_log: AccessLog,
 }
 
 impl std::fmt::Debug for EdgeProxy {
@@ -58,6 +60,7 @@ impl EdgeProxy {
         metrics: Arc<Metrics>,
         cache: &'static MokaStorage,
         cache_lock: &'static CacheKeyLockImpl,
+        access_log: AccessLog,
     ) -> Self {
         Self {
             current,
@@ -65,6 +68,7 @@ impl EdgeProxy {
             metrics,
             cache,
             cache_lock,
+            access_log,
         }
     }
 }
@@ -521,20 +525,23 @@ impl ProxyHttp for EdgeProxy {
                     .inc();
             }
         }
-        let request = session.req_header();
-        tracing::info!(
-            target: "access",
-            request_id = %ctx.request_id,
-            client = %hygiene::client_ip(session).unwrap_or_default(),
-            method = %request.method,
-            path = %request.uri,
-            status,
-            route = %route,
-            upstream = upstream.unwrap_or("-"),
-            reused = ?ctx.reused,
-            cache = ctx.cache_result,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
-        );
+        if self.access_log.is_on() {
+            let request = session.req_header();
+            let client = hygiene::client_ip(session);
+            self.access_log.record(&access_log::Line {
+                request_id: &ctx.request_id,
+                client: client.as_deref(),
+                method: request.method.as_str(),
+                target: request.uri.path_and_query().map_or("/", |p| p.as_str()),
+                status,
+                bytes: session.body_bytes_sent(),
+                route,
+                upstream,
+                reused: ctx.reused,
+                cache: ctx.cache_result,
+                duration: elapsed,
+                error: e.map(|e| e.etype().as_str()),
+            });
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! and admin listener); [`RunningProxy`] runs one on a thread with a stop handle, so tests and
 //! benchmarks start a proxy without `main()`.
 
+pub mod access_log;
 pub mod admin;
 pub mod answers;
 pub mod cache;
@@ -40,6 +41,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use tokio::sync::{oneshot, Mutex};
 
+use access_log::AccessLog;
 use config::RuntimeConfig;
 use metrics::Metrics;
 
@@ -61,6 +63,20 @@ pub struct BuildOptions {
 pub struct Built {
     pub server: Server,
     pub reloader: Arc<reload::Reloader>,
+    /// Flush it once the server has stopped: the last lines are still buffered then.
+    pub access_log: AccessLog,
+}
+
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Plugin(#[from] plugin::PluginError),
+    #[error("access_log: cannot open {path}: {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Builds the Pingora server: the proxy service on `listen`, the admin app on `admin_listen`.
@@ -69,7 +85,14 @@ pub fn build_server(
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
     options: BuildOptions,
-) -> Result<Built, plugin::PluginError> {
+) -> Result<Built, BuildError> {
+    let access_log = AccessLog::open(&config.access_log).map_err(|source| {
+        let path = match &config.access_log {
+            access_log::Destination::File(path) => path.display().to_string(),
+            other => format!("{other:?}"),
+        };
+        BuildError::AccessLog { path, source }
+    })?;
     let opt = Opt {
         upgrade: options.upgrade,
         ..Opt::default()
@@ -92,6 +115,7 @@ pub fn build_server(
         current.clone(),
         metrics.clone(),
         server.configuration.clone(),
+        access_log.clone(),
     ));
     server.bootstrap();
 
@@ -104,6 +128,7 @@ pub fn build_server(
         metrics.clone(),
         cache,
         cache_lock,
+        access_log.clone(),
     );
     let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
     let mut options = pingora::apps::HttpServerOptions::default();
@@ -133,7 +158,11 @@ pub fn build_server(
 
     server.add_service(data_plane);
     server.add_service(admin);
-    Ok(Built { server, reloader })
+    Ok(Built {
+        server,
+        reloader,
+        access_log,
+    })
 }
 
 /// Shutdown requests from Unix signals (SIGTERM graceful, SIGINT fast, SIGQUIT graceful
@@ -232,7 +261,7 @@ pub enum StartError {
     #[error("cannot start the proxy thread: {0}")]
     Thread(#[from] std::io::Error),
     #[error(transparent)]
-    Plugin(#[from] plugin::PluginError),
+    Build(#[from] BuildError),
 }
 
 /// A proxy running on its own thread (Pingora makes its own runtimes), stopped on demand.
@@ -253,7 +282,9 @@ impl RunningProxy {
         let draining = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = oneshot::channel();
         let (listen, admin) = (config.listen, config.admin_listen);
-        let Built { server, .. } = build_server(
+        let Built {
+            server, access_log, ..
+        } = build_server(
             config,
             metrics.clone(),
             draining.clone(),
@@ -265,7 +296,8 @@ impl RunningProxy {
             .spawn(move || {
                 server.run(RunArgs {
                     shutdown_signal: Box::new(signals),
-                })
+                });
+                access_log.flush();
             })?;
         let running = Self {
             listen,

@@ -1,6 +1,7 @@
 //! `edge-proxy` CLI: `run -c FILE [--upgrade]`, `check -c FILE` (exit 78 when invalid),
 //! `reload -c FILE`, `print-default-config`. Thin: all behaviour lives in the library.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -134,6 +135,8 @@ fn main() -> ExitCode {
     // `listening` line of `run`, the default config, `check`'s verdict).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into files or collectors.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -220,6 +223,7 @@ fn main() -> ExitCode {
                 server.run(RunArgs {
                     shutdown_signal: Box::new(signals),
                 });
+                built.access_log.flush();
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use pingora::server::configuration::ServerConf;
 
+use crate::access_log::AccessLog;
 use crate::config::{self, ConfigError, RuntimeConfig};
 use crate::generation::{Current, Generation};
 use crate::metrics::Metrics;
@@ -56,6 +57,8 @@ pub struct Reloader {
     current: Current,
     metrics: Arc<Metrics>,
     server_conf: Arc<ServerConf>,
+    /// Reopened on every reload (log rotation: rename the file, then reload).
+    access_log: AccessLog,
     /// Held for a whole reload: SIGHUP and the admin endpoint never interleave.
     busy: Mutex<()>,
 }
@@ -66,6 +69,7 @@ impl Reloader {
         current: Current,
         metrics: Arc<Metrics>,
         server_conf: Arc<ServerConf>,
+        access_log: AccessLog,
     ) -> Self {
         metrics
             .config_generation
@@ -75,6 +79,7 @@ impl Reloader {
             current,
             metrics,
             server_conf,
+            access_log,
             busy: Mutex::new(()),
         }
     }
@@ -83,6 +88,10 @@ impl Reloader {
     /// starts. Blocking (modules may compile): call it off the request path.
     pub fn reload(&self) -> Result<Reloaded, ReloadError> {
         let _busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        // Whether or not the new file is valid: a rotated log is reopened either way.
+        if let Err(e) = self.access_log.reopen() {
+            tracing::warn!(error = %e, "reload: cannot reopen the access log file; writing on to the old one");
+        }
         let outcome = self.try_reload();
         let result = match &outcome {
             Ok(done) => {
@@ -161,6 +170,12 @@ pub fn restart_only_changes(running: &RuntimeConfig, file: &RuntimeConfig) -> Ve
         &file.admin_listen,
     );
     changed(&mut out, "server.threads", &a.threads, &b.threads);
+    changed(
+        &mut out,
+        "access_log",
+        &running.access_log,
+        &file.access_log,
+    );
     changed(
         &mut out,
         "downstream.header_read_timeout",

@@ -13,6 +13,8 @@ pub use super::plugins::{PluginFile, PluginHostFile};
 pub struct FileConfig {
     pub server: ServerFile,
     pub listen: String,
+    /// `off`, `stdout`, or a file path.
+    pub access_log: String,
     pub downstream: DownstreamFile,
     pub admin: AdminFile,
     pub upstreams: BTreeMap<String, UpstreamFile>,
@@ -27,6 +29,7 @@ impl Default for FileConfig {
         Self {
             server: ServerFile::default(),
             listen: "127.0.0.1:8080".into(),
+            access_log: "stdout".into(),
             downstream: DownstreamFile::default(),
             admin: AdminFile::default(),
             upstreams: BTreeMap::new(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 
+use crate::access_log::Destination;
 use crate::plugin::{HostSettings, PluginSpec};
 use crate::routing::Router;
 use crate::upstream::Upstream;
@@ -47,6 +48,8 @@ pub struct DownstreamLimits {
 pub struct RuntimeConfig {
     pub server: ServerSettings,
     pub listen: SocketAddr,
+    /// Where the access log goes (start-only; a file is reopened on reload).
+    pub access_log: Destination,
     pub downstream: DownstreamLimits,
     pub admin_listen: SocketAddr,
     /// The one trust store for upstream TLS (shared so that sessions resume).

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::file::{FileConfig, UpstreamFile, MAX_WRITE_BUFFER};
 use super::runtime::{RuntimeConfig, ServerSettings};
+use crate::access_log::Destination;
 use crate::routing::{CachePolicy, Route, Router};
 use crate::upstream::{PeerSettings, Upstream};
 use config_diagnostics::{resolve, Problem, Problems};
@@ -97,6 +98,40 @@ fn upstream(
     )
 }
 
+/// `off`, `stdout`, or a file (relative to the config's folder) in a folder that exists.
+fn access_log(value: &str, base: &Path, problems: &mut Problems) -> Destination {
+    match value.trim() {
+        "off" => Destination::Off,
+        "stdout" => Destination::Stdout,
+        "" => {
+            problems.add(
+                "access_log",
+                "must not be empty",
+                Some("`off`, `stdout`, or a file path such as /var/log/edge/access.log"),
+            );
+            Destination::Off
+        }
+        path => {
+            let path = resolve(base, path);
+            let folder = path.parent().unwrap_or(Path::new("/"));
+            if !folder.is_dir() {
+                problems.add(
+                    "access_log",
+                    format!("folder {} does not exist", folder.display()),
+                    Some("create it first, or use `stdout` or `off`"),
+                );
+            } else if path.is_dir() {
+                problems.add(
+                    "access_log",
+                    format!("{} is a folder", path.display()),
+                    Some("name a file in it, e.g. access.log"),
+                );
+            }
+            Destination::File(path)
+        }
+    }
+}
+
 pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, Vec<Problem>> {
     let mut problems = Problems::default();
     let listen = problems.socket_addr("listen", &file.listen);
@@ -110,6 +145,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             );
         }
     }
+    let access_log = access_log(&file.access_log, base, &mut problems);
     if file.server.threads == 0 {
         problems.add(
             "server.threads",
@@ -297,6 +333,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                 work_stealing: file.server.work_stealing,
             },
             listen,
+            access_log,
             downstream: super::runtime::DownstreamLimits {
                 header_read_timeout: downstream.header_read_timeout,
                 keepalive_timeout: downstream.keepalive_timeout,
@@ -342,6 +379,38 @@ mod tests {
         assert_eq!(cfg.server.write_buffer, 16 * 1024);
         assert!(cfg.server_conf().work_stealing);
         assert!(cfg.router.route("/api/v1/products").is_some());
+    }
+
+    #[test]
+    fn the_access_log_is_stdout_off_or_a_file_in_a_folder_that_exists() {
+        use crate::access_log::Destination;
+        let at = |value: &str| {
+            let yaml = format!("access_log: {value}\n{GOOD}");
+            super::super::from_yaml(&yaml, Path::new("/tmp")).map(|c| c.access_log)
+        };
+        assert_eq!(
+            super::super::from_yaml(GOOD, Path::new("/tmp"))
+                .unwrap()
+                .access_log,
+            Destination::Stdout
+        );
+        assert_eq!(at("off").unwrap(), Destination::Off);
+        assert_eq!(
+            at("edge-access.log").unwrap(),
+            Destination::File("/tmp/edge-access.log".into())
+        );
+        let problems: Vec<String> = at("/no/such/folder/access.log")
+            .unwrap_err()
+            .problems()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("access_log: folder /no/such/folder does not exist"),
+            "{problems:?}"
+        );
+        assert!(at("/tmp").is_err(), "a folder is not a file");
     }
 
     #[test]

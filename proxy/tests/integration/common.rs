@@ -311,6 +311,7 @@ pub fn proxy_yaml(dir: &Path, upstreams: &str, routes: &str) -> String {
     format!(
         "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 2s, upgrade_sock: {sock} }}\n\
          listen: 127.0.0.1:{listen}\n\
+         access_log: off\n\
          admin: {{ listen: 127.0.0.1:{admin} }}\n\
          upstreams:\n{upstreams}\n\
          routes:\n{routes}\n",

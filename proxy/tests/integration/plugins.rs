@@ -21,6 +21,7 @@ fn start_with(echo: SocketAddr, vms: usize, ticks: bool) -> Proxy {
         format!(
             "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 2s, upgrade_sock: {sock} }}\n\
              listen: 127.0.0.1:{listen}\n\
+             access_log: off\n\
              admin: {{ listen: 127.0.0.1:{admin} }}\n\
              upstreams:\n  echo: {{ addresses: [{echo}] }}\n  authz: {{ addresses: [{echo}] }}\n\
              plugins:\n\

@@ -184,3 +184,54 @@ async fn graceful_stop_lets_the_in_flight_request_finish() {
         .unwrap()
         .unwrap();
 }
+
+/// `access_log: FILE`: one logfmt line per request, written by the writer thread within a
+/// fraction of a second, and the last ones flushed when the proxy stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_file_gets_one_line_per_request() {
+    let o = Origin::start(2_000, "").await;
+    let addr = o.origin.local_addr();
+    let logs = tempfile::tempdir().unwrap();
+    let file = logs.path().join("access.log");
+    let p = Proxy::start(|dir| {
+        proxy_yaml(dir, &catalog_upstream(addr, &o.ca, ""), CATALOG_ROUTE).replace(
+            "access_log: off",
+            &format!("access_log: {}", file.display()),
+        )
+    });
+    let detail = p.get("/api/v1/products/42").await;
+    assert_eq!(detail.status(), 200);
+    let request_id = detail.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = detail.bytes().await.unwrap();
+    let started = Instant::now();
+    let first = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if !text.is_empty() || started.elapsed() > Duration::from_secs(3) {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(first.lines().count(), 1, "{first}");
+    for field in [
+        format!("request_id={request_id} "),
+        "client=127.0.0.1 method=GET target=\"/api/v1/products/42\" status=200 ".to_string(),
+        format!("bytes={} route=catalog upstream=catalog ", body.len()),
+        " error=-\n".to_string(),
+    ] {
+        assert!(first.contains(&field), "{field:?} not in {first}");
+    }
+    assert!(first.starts_with("ts=20"), "{first}");
+    assert_eq!(p.get("/nowhere?x=\"1\"").await.status(), 404);
+    p.stop().await;
+    let all = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 2, "{all}");
+    assert!(
+        lines[1].contains("target=\"/nowhere?x=%221%22\" status=404 ")
+            || lines[1].contains("target=\"/nowhere?x=\\\"1\\\"\" status=404 "),
+        "{all}"
+    );
+}
