@@ -1,6 +1,7 @@
 //! The admin listener (loopback only): `/metrics` (Prometheus), `/healthz` (alive), `/readyz`
 //! (ready for traffic; 503 once shutdown has begun), `POST /cache/purge?url=...` or
-//! `?category=...` behind `cache.purge_token`, and `POST /config/reload` behind `admin.token`
+//! `?category=...` behind `cache.purge_token`, `POST /config/reload` behind `admin.token`, and
+//! with `admin.profiling`, `GET /debug/pprof/profile?seconds=N[&format=svg]` behind it too
 //! (bearer tokens, compared in constant time).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ use crate::cache::key::cache_key;
 use crate::cache::storage::MokaStorage;
 use crate::generation::Current;
 use crate::metrics::Metrics;
+use crate::profiling::{self, Format, ProfileError};
 use crate::reload::Reloader;
 
 const JSON: &str = "application/json";
@@ -240,6 +242,90 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// A CPU profile of the whole process for `seconds` (default 30, at most
+    /// [`profiling::MAX_SECONDS`]): pprof protobuf, or a flame graph with `format=svg`.
+    async fn profile(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().method != Method::GET {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET",
+            );
+        }
+        let config = self.current.load().config.clone();
+        if !config.admin_profiling {
+            return error(
+                StatusCode::FORBIDDEN,
+                "disabled",
+                "set admin.profiling: true (and admin.token) to enable profiles",
+            );
+        }
+        if let Err(denied) = Self::authorized(session, config.admin_token.as_deref(), "") {
+            return *denied;
+        }
+        let (seconds, format) = match profile_query(session.req_header().uri.query()) {
+            Ok(asked) => asked,
+            Err(message) => return error(StatusCode::BAD_REQUEST, "bad_query", &message),
+        };
+        let taken = tokio::task::spawn_blocking(move || {
+            profiling::profile(std::time::Duration::from_secs(seconds), format)
+        })
+        .await;
+        match taken {
+            Ok(Ok(bytes)) => match format {
+                Format::Svg => reply(StatusCode::OK, "image/svg+xml", bytes),
+                Format::Protobuf => reply(StatusCode::OK, "application/octet-stream", bytes),
+            },
+            Ok(Err(ProfileError::Busy)) => error(
+                StatusCode::CONFLICT,
+                "busy",
+                "a profile is already being taken: try again when it is done",
+            ),
+            Ok(Err(e)) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "profile_failed",
+                &e.to_string(),
+            ),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "profile_failed",
+                &e.to_string(),
+            ),
+        }
+    }
+}
+
+/// `seconds` (1..=MAX, default 30) and `format` (`pprof`, the default, or `svg`).
+fn profile_query(query: Option<&str>) -> Result<(u64, Format), String> {
+    let (mut seconds, mut format) = (30, Format::Protobuf);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "seconds" => {
+                seconds = value
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=profiling::MAX_SECONDS).contains(s))
+                    .ok_or_else(|| {
+                        format!(
+                            "seconds must be 1 to {}, not `{value}`",
+                            profiling::MAX_SECONDS
+                        )
+                    })?;
+            }
+            "format" => {
+                format = match value.as_ref() {
+                    "pprof" | "proto" => Format::Protobuf,
+                    "svg" => Format::Svg,
+                    other => return Err(format!("format must be pprof or svg, not `{other}`")),
+                };
+            }
+            _ => {}
+        }
+    }
+    Ok((seconds, format))
+}
+
 fn reply(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
     let length = body.len();
     let mut response = Response::new(body);
@@ -281,10 +367,11 @@ impl ServeHttp for AdminApp {
             "/readyz" => reply(StatusCode::OK, JSON, br#"{"status":"ready"}"#.to_vec()),
             "/cache/purge" => self.purge(session),
             "/config/reload" => self.reload(session).await,
+            "/debug/pprof/profile" => self.profile(session).await,
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "admin endpoints: /metrics /healthz /readyz, POST /cache/purge, POST /config/reload",
+                "admin endpoints: /metrics /healthz /readyz, POST /cache/purge, POST /config/reload, GET /debug/pprof/profile",
             ),
         }
     }

@@ -21,6 +21,7 @@ pub mod listening;
 pub mod metrics;
 pub mod normalize;
 pub mod plugin;
+pub mod profiling;
 pub mod reload;
 pub mod routing;
 pub mod upgrade;

@@ -107,6 +107,8 @@ pub struct AdminFile {
     pub listen: String,
     /// Bearer token for state-changing admin actions other than purges (`POST /config/reload`).
     pub token: Option<String>,
+    /// Serve `GET /debug/pprof/profile` (behind `token`).
+    pub profiling: bool,
 }
 
 impl Default for AdminFile {
@@ -114,6 +116,7 @@ impl Default for AdminFile {
         Self {
             listen: "127.0.0.1:9090".into(),
             token: None,
+            profiling: false,
         }
     }
 }

@@ -60,8 +60,10 @@ pub struct RuntimeConfig {
     pub cache_max_bytes: u64,
     /// Bearer token for `POST /cache/purge`; `None` disables purging.
     pub purge_token: Option<String>,
-    /// Bearer token for `POST /config/reload`; `None` disables reloads over HTTP.
+    /// Bearer token for `POST /config/reload` and profiles; `None` disables reloads over HTTP.
     pub admin_token: Option<String>,
+    /// `GET /debug/pprof/profile` is served (behind `admin_token`).
+    pub admin_profiling: bool,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub router: Router,
     /// Every configured plugin; routes refer to them by index.

@@ -308,6 +308,15 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
     }
     let purge_token = file.cache.purge_token.clone().filter(|t| !t.is_empty());
     let admin_token = file.admin.token.clone().filter(|t| !t.is_empty());
+    if file.admin.profiling && admin_token.is_none() {
+        problems.add(
+            "admin.profiling",
+            "needs admin.token",
+            Some(
+                "profiles show what the process runs: they are served only behind the admin token",
+            ),
+        );
+    }
     for (key, token) in [
         ("cache.purge_token", &purge_token),
         ("admin.token", &admin_token),
@@ -347,6 +356,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             cache_max_bytes: file.cache.max_bytes,
             purge_token,
             admin_token,
+            admin_profiling: file.admin.profiling,
             upstreams,
             router: Router::new(routes),
             plugins,
@@ -411,6 +421,19 @@ mod tests {
             "{problems:?}"
         );
         assert!(at("/tmp").is_err(), "a folder is not a file");
+    }
+
+    #[test]
+    fn profiling_needs_the_admin_token() {
+        let found = problems(&format!("admin: {{ profiling: true }}\n{GOOD}"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("admin.profiling: needs admin.token"),
+            "{found:?}"
+        );
+        let yaml = format!("admin: {{ profiling: true, token: 0123456789abcdef01 }}\n{GOOD}");
+        let cfg = super::super::from_yaml(&yaml, Path::new("/etc/edge")).unwrap();
+        assert!(cfg.admin_profiling);
     }
 
     #[test]

@@ -1,0 +1,122 @@
+//! On-demand CPU profiles on the admin listener: only when `admin.profiling` is on, only with
+//! the admin token, one at a time, and taken while the proxy (with a plugin) serves on.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pprof::protos::Message;
+
+use crate::common::{catalog_upstream, plugin_wasm, proxy_yaml, Origin, Proxy};
+
+const TOKEN: &str = "profile-token-0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_are_taken_behind_the_token_while_requests_flow() {
+    let o = Origin::start(2_000, "").await;
+    let addr = o.origin.local_addr();
+    let noop = plugin_wasm("noop");
+    let p = Proxy::start(|dir| {
+        let yaml = proxy_yaml(
+            dir,
+            &catalog_upstream(addr, &o.ca, ""),
+            "  - { name: catalog, path_prefix: /api/, upstream: catalog, plugins: [noop], cache: { enabled: true } }",
+        )
+        .replace(
+            "admin: { listen:",
+            &format!("admin: {{ token: {TOKEN}, profiling: true, listen:"),
+        );
+        format!(
+            "{yaml}plugins:\n  - {{ name: noop, module: {} }}\n",
+            noop.display()
+        )
+    });
+    let url = |query: &str| format!("{}/debug/pprof/profile?{query}", p.admin);
+    let unauthorized = p.http.get(url("seconds=1")).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let bad = p
+        .http
+        .get(url("seconds=0"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // Load on a plugin route for as long as the profiles run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (http, target) = (
+            p.http.clone(),
+            p.url("/api/v1/products?category=polo&limit=5"),
+        );
+        let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match http.get(&target).send().await {
+                    Ok(r) if r.status() == 200 => served.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    // Two at once: one is taken, the other told to come back.
+    let (first, second) = tokio::join!(
+        p.http.get(url("seconds=1")).bearer_auth(TOKEN).send(),
+        p.http.get(url("seconds=1")).bearer_auth(TOKEN).send(),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let mut statuses = [first.status().as_u16(), second.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409]);
+    let taken = if first.status() == 200 { first } else { second };
+    assert_eq!(taken.headers()["content-type"], "application/octet-stream");
+    let profile = pprof::protos::Profile::parse_from_bytes(&taken.bytes().await.unwrap()).unwrap();
+    assert!(!profile.sample.is_empty(), "no samples");
+    assert!(
+        profile.string_table.iter().any(|s| s.contains("pingora")),
+        "no Pingora frame among {} strings",
+        profile.string_table.len()
+    );
+    let svg = p
+        .http
+        .get(url("seconds=1&format=svg"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(svg.status(), 200);
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    assert!(svg.text().await.unwrap().contains("<svg"));
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(served.load(Ordering::Relaxed) > 0);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_are_refused_unless_enabled() {
+    let o = Origin::start(2_000, "").await;
+    let addr = o.origin.local_addr();
+    let p = Proxy::start(|dir| {
+        proxy_yaml(
+            dir,
+            &catalog_upstream(addr, &o.ca, ""),
+            "  - { name: catalog, path_prefix: /api/, upstream: catalog }",
+        )
+        .replace(
+            "admin: { listen:",
+            &format!("admin: {{ token: {TOKEN}, listen:"),
+        )
+    });
+    let refused = p
+        .http
+        .get(format!("{}/debug/pprof/profile?seconds=1", p.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    p.stop().await;
+}
