@@ -17,7 +17,6 @@ mod metrics_plugin;
 mod operations;
 mod plugin_chain;
 mod plugins;
-mod profiling;
 mod proxying;
 mod rate_limit_plugin;
 mod shop;

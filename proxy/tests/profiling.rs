@@ -1,12 +1,22 @@
 //! On-demand CPU profiles on the admin listener: only when `admin.profiling` is on, only with
 //! the admin token, one at a time, and taken while the proxy (with a plugin) serves on.
+//!
+//! A test binary of its own: a profile samples every thread of the process (SIGPROF), and
+//! would perturb the timing of whatever other tests ran beside it in the shared binary.
+
+// Test helpers panic on failure by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "integration/common.rs"]
+#[allow(dead_code)]
+mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pprof::protos::Message;
 
-use crate::common::{catalog_upstream, plugin_wasm, proxy_yaml, Origin, Proxy};
+use common::{catalog_upstream, plugin_wasm, proxy_yaml, Origin, Proxy};
 
 const TOKEN: &str = "profile-token-0123456789abcdef";
 
