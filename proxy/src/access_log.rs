@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -28,11 +29,22 @@ pub enum Destination {
     File(PathBuf),
 }
 
+/// As the config spells it.
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::Stdout => f.write_str("stdout"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// What one request's line says.
 #[derive(Debug, Clone)]
 pub struct Line<'a> {
     pub request_id: &'a str,
-    pub client: Option<&'a str>,
+    pub client: Option<IpAddr>,
     pub method: &'a str,
     /// Path and query as received.
     pub target: &'a str,
@@ -214,12 +226,17 @@ fn format_line(out: &mut String, now: SystemTime, line: &Line<'_>) {
     // Writing to a String cannot fail.
     let _ = write!(
         out,
-        "ts={} request_id={} client={} method={} target=\"",
+        "ts={} request_id={} client=",
         humantime::format_rfc3339_millis(now),
         line.request_id,
-        line.client.unwrap_or("-"),
-        line.method,
     );
+    match line.client {
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push('-'),
+    }
+    let _ = write!(out, " method={} target=\"", line.method);
     push_escaped(out, line.target);
     let _ = writeln!(
         out,
@@ -255,7 +272,7 @@ mod tests {
     fn line() -> Line<'static> {
         Line {
             request_id: "abc123",
-            client: Some("127.0.0.1"),
+            client: Some(IpAddr::from([127, 0, 0, 1])),
             method: "GET",
             target: "/api/v1/products?category=polo&q=\"x\\y",
             status: 200,

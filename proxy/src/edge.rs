@@ -527,10 +527,9 @@ impl ProxyHttp for EdgeProxy {
         }
         if self.access_log.is_on() {
             let request = session.req_header();
-            let client = hygiene::client_ip(session);
             self.access_log.record(&access_log::Line {
                 request_id: &ctx.request_id,
-                client: client.as_deref(),
+                client: hygiene::client_addr(session),
                 method: request.method.as_str(),
                 target: request.uri.path_and_query().map_or("/", |p| p.as_str()),
                 status,

@@ -5,12 +5,17 @@
 use http::header::{HeaderMap, HeaderName, CONNECTION};
 use rand::Rng;
 
-/// The client's IP address, as `X-Forwarded-For` names it.
-pub fn client_ip(session: &pingora::proxy::Session) -> Option<String> {
+/// The client's IP address.
+pub fn client_addr(session: &pingora::proxy::Session) -> Option<std::net::IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
+        .map(|a| a.ip())
+}
+
+/// The client's IP address, as `X-Forwarded-For` names it.
+pub fn client_ip(session: &pingora::proxy::Session) -> Option<String> {
+    client_addr(session).map(|ip| ip.to_string())
 }
 
 /// What the upstream request is told about the client request.

@@ -73,9 +73,9 @@ pub struct Built {
 pub enum BuildError {
     #[error(transparent)]
     Plugin(#[from] plugin::PluginError),
-    #[error("access_log: cannot open {path}: {source}")]
+    #[error("access_log: cannot open {destination}: {source}")]
     AccessLog {
-        path: String,
+        destination: access_log::Destination,
         source: std::io::Error,
     },
 }
@@ -87,13 +87,11 @@ pub fn build_server(
     draining: Arc<AtomicBool>,
     options: BuildOptions,
 ) -> Result<Built, BuildError> {
-    let access_log = AccessLog::open(&config.access_log).map_err(|source| {
-        let path = match &config.access_log {
-            access_log::Destination::File(path) => path.display().to_string(),
-            other => format!("{other:?}"),
-        };
-        BuildError::AccessLog { path, source }
-    })?;
+    let access_log =
+        AccessLog::open(&config.access_log).map_err(|source| BuildError::AccessLog {
+            destination: config.access_log.clone(),
+            source,
+        })?;
     let opt = Opt {
         upgrade: options.upgrade,
         ..Opt::default()

@@ -59,15 +59,16 @@ pub fn profile(duration: Duration, format: Format) -> Result<Vec<u8>, ProfileErr
     std::thread::sleep(duration);
     let report = guard.report().build().map_err(failed)?;
     drop(guard);
-    let mut out = Vec::new();
     match format {
-        Format::Svg => report.flamegraph(&mut out).map_err(failed)?,
-        Format::Protobuf => {
-            let profile = report.pprof().map_err(failed)?;
-            out = profile
-                .write_to_bytes()
-                .map_err(|e| ProfileError::Profiler(e.to_string()))?;
+        Format::Svg => {
+            let mut svg = Vec::new();
+            report.flamegraph(&mut svg).map_err(failed)?;
+            Ok(svg)
         }
+        Format::Protobuf => report
+            .pprof()
+            .map_err(failed)?
+            .write_to_bytes()
+            .map_err(|e| ProfileError::Profiler(e.to_string())),
     }
-    Ok(out)
 }

@@ -20,6 +20,20 @@ use common::{catalog_upstream, plugin_wasm, proxy_yaml, Origin, Proxy};
 
 const TOKEN: &str = "profile-token-0123456789abcdef";
 
+/// `GET /debug/pprof/profile?{query}` on the admin listener, with the admin token when
+/// `authorized`.
+async fn get_profile(p: &Proxy, query: &str, authorized: bool) -> reqwest::Response {
+    let request = p
+        .http
+        .get(format!("{}/debug/pprof/profile?{query}", p.admin));
+    let request = if authorized {
+        request.bearer_auth(TOKEN)
+    } else {
+        request
+    };
+    request.send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_are_taken_behind_the_token_while_requests_flow() {
     let o = Origin::start(2_000, "").await;
@@ -40,16 +54,9 @@ async fn profiles_are_taken_behind_the_token_while_requests_flow() {
             noop.display()
         )
     });
-    let url = |query: &str| format!("{}/debug/pprof/profile?{query}", p.admin);
-    let unauthorized = p.http.get(url("seconds=1")).send().await.unwrap();
+    let unauthorized = get_profile(&p, "seconds=1", false).await;
     assert_eq!(unauthorized.status(), 401);
-    let bad = p
-        .http
-        .get(url("seconds=0"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let bad = get_profile(&p, "seconds=0", true).await;
     assert_eq!(bad.status(), 400);
 
     // Load on a plugin route for as long as the profiles run.
@@ -72,10 +79,9 @@ async fn profiles_are_taken_behind_the_token_while_requests_flow() {
     };
     // Two at once: one is taken, the other told to come back.
     let (first, second) = tokio::join!(
-        p.http.get(url("seconds=1")).bearer_auth(TOKEN).send(),
-        p.http.get(url("seconds=1")).bearer_auth(TOKEN).send(),
+        get_profile(&p, "seconds=1", true),
+        get_profile(&p, "seconds=1", true),
     );
-    let (first, second) = (first.unwrap(), second.unwrap());
     let mut statuses = [first.status().as_u16(), second.status().as_u16()];
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 409]);
@@ -88,13 +94,7 @@ async fn profiles_are_taken_behind_the_token_while_requests_flow() {
         "no Pingora frame among {} strings",
         profile.string_table.len()
     );
-    let svg = p
-        .http
-        .get(url("seconds=1&format=svg"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let svg = get_profile(&p, "seconds=1&format=svg", true).await;
     assert_eq!(svg.status(), 200);
     assert_eq!(svg.headers()["content-type"], "image/svg+xml");
     assert!(svg.text().await.unwrap().contains("<svg"));
@@ -120,13 +120,7 @@ async fn profiles_are_refused_unless_enabled() {
             &format!("admin: {{ token: {TOKEN}, listen:"),
         )
     });
-    let refused = p
-        .http
-        .get(format!("{}/debug/pprof/profile?seconds=1", p.admin))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let refused = get_profile(&p, "seconds=1", true).await;
     assert_eq!(refused.status(), 403);
     p.stop().await;
 }

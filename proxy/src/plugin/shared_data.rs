@@ -219,31 +219,32 @@ impl Inner {
     }
 
     /// Overwrites the value of `key` (present, with a value of the same length) in place, as
-    /// a new write: a new CAS token, use and expiry; its key moves between the order indexes
-    /// without being copied.
+    /// a new write: a new CAS token, use and expiry.
     fn rewrite(&mut self, key: &str, value: &[u8], now: Instant) {
-        self.next_cas = self.next_token();
-        self.next_use += 1;
-        let (cas, used, expires) = (
-            self.next_cas,
-            self.next_use,
-            self.settings.ttl(key).map(|ttl| now + ttl),
-        );
+        let expires = self.settings.ttl(key).map(|ttl| now + ttl);
+        let (cas, used) = (self.next_token(), self.next_use + 1);
         let Some(entry) = self.entries.get_mut(key) else {
             return;
         };
         entry.value.copy_from_slice(value);
-        let ordered = match entry.expires {
-            Some(at) => self.expiring.remove(&(at, entry.used)),
-            None => self.lru.remove(&entry.used),
-        };
         entry.cas = cas;
-        entry.used = used;
-        entry.expires = expires;
-        let ordered = ordered.unwrap_or_else(|| key.to_string());
-        match expires {
-            Some(at) => self.expiring.insert((at, used), ordered),
-            None => self.lru.insert(used, ordered),
+        let was = (entry.expires, entry.used);
+        (entry.expires, entry.used) = (expires, used);
+        (self.next_cas, self.next_use) = (cas, used);
+        self.reorder(key, was, (expires, used));
+    }
+
+    /// Moves `key` in the order indexes from (expiry, sequence) `was` to `now`, reusing the
+    /// index's copy of the key.
+    fn reorder(&mut self, key: &str, was: (Option<Instant>, u64), now: (Option<Instant>, u64)) {
+        let ordered = match was {
+            (Some(at), used) => self.expiring.remove(&(at, used)),
+            (None, used) => self.lru.remove(&used),
+        }
+        .unwrap_or_else(|| key.to_string());
+        match now {
+            (Some(at), used) => self.expiring.insert((at, used), ordered),
+            (None, used) => self.lru.insert(used, ordered),
         };
     }
 
@@ -265,10 +266,9 @@ impl Inner {
             return;
         };
         if entry.expires.is_none() {
-            let ordered = self.lru.remove(&entry.used);
+            let was = entry.used;
             entry.used = next;
-            self.lru
-                .insert(next, ordered.unwrap_or_else(|| key.to_string()));
+            self.reorder(key, (None, was), (None, next));
         }
     }
 
