@@ -12,12 +12,13 @@ EDGE_CONFIG ?= config/edge.yaml
 ORIGIN_CONFIGS := config/origin.yaml $(wildcard config/examples/origin-*.yaml)
 EDGE_CONFIGS := config/edge.yaml $(wildcard config/examples/edge-*.yaml)
 
-.PHONY: help setup build run test lint check-configs bench plugins plugin-tests fuzz soak
+.PHONY: help setup build run test lint check-configs bench bench-peers peers-setup plugins plugin-tests fuzz soak
 
 help:
 	@echo "make run    - set up, build (release), run the origin (https://127.0.0.1:8443) and the proxy (http://127.0.0.1:8080)"
 	@echo "make test   - set up, then fmt check, clippy, config checks and every test"
 	@echo "make bench  - side-by-side load benchmarks (release build; minutes)"
+	@echo "make bench-peers - edge-proxy against NGINX and Varnish, pinned (installs them; ~10 minutes)"
 	@echo "make setup  - install what is missing: cmake (Debian), the wasm32-wasip1 target"
 	@echo "make plugins - build every plugin under plugins/ to wasm32-wasip1 (release)"
 	@echo "make fuzz   - the property tests (config loader, target normalisation, cache key, ABI maps, guest memory) with 200,000 cases each"
@@ -90,13 +91,33 @@ plugin-tests: setup
 test: setup plugins plugin-tests lint check-configs
 	$(CARGO) test --workspace
 
-bench: plugins
+bench: plugins bench-peers
 	$(CARGO) run --release -p edge-benches --bin origin-listing -- --seconds 10
 	$(CARGO) run --release -p edge-benches --bin proxy-transport
 	$(CARGO) run --release -p edge-benches --bin cache-hit
 	$(CARGO) run --release -p edge-benches --bin plugin-overhead
 	$(CARGO) run --release -p edge-benches --bin plugin-overhead -- --fetch
 	$(CARGO) bench -p edge-benches --bench plugin_callback
+
+# The peers NGINX and Varnish from Debian packages, when missing (the harness's configs are in
+# benches/peers/; it starts them itself, so the packages' own services are not used).
+peers-setup:
+	@if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then \
+		echo "peers-setup: installing nginx-light (Debian package)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; \
+	fi
+	@if ! command -v varnishd >/dev/null 2>&1 && [ ! -x /usr/sbin/varnishd ]; then \
+		echo "peers-setup: installing varnish (Debian package)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq varnish >/dev/null; \
+	fi
+	@command -v taskset >/dev/null || { echo "peers-setup: taskset (util-linux) is missing" >&2; exit 1; }
+
+# Each server pinned to core 1, the load client and the origin to core 0; report and chart in
+# target/bench-report/ (peers.md, peers.svg). PEERS_ARGS passes options, e.g. --rounds 11.
+PEERS_ARGS ?=
+bench-peers: plugins peers-setup
+	$(CARGO) build --release -p edge-proxy -p edge-benches --bin edge-proxy --bin bench-peers
+	./target/release/bench-peers $(PEERS_ARGS)
 
 # Not part of `bench` (about 2 minutes, ~400 MiB): 1,000,000 distinct keys through the proxy.
 bench-cache-memory:

@@ -3,8 +3,11 @@
 //! process and one run, so ratios are measured under the same machine noise; each round also
 //! records where the process's CPU went, by thread.
 
+pub mod chart;
 pub mod cpu;
 pub mod load;
+pub mod peers;
+pub mod proc_cpu;
 pub mod report;
 pub mod rig;
 pub mod wire;

@@ -37,12 +37,18 @@ pub struct LoadSpec {
     pub rate: Option<f64>,
     /// Extra request headers (name, value), e.g. an API key.
     pub headers: Vec<(String, String)>,
+    /// A workload of several paths: when not empty, each connection sends these in turn
+    /// (starting at its own offset, so connections spread over the list) instead of
+    /// `path_and_query`. Repeat a path to weight it.
+    pub mix: Vec<String>,
 }
 
 /// What one load run measured.
 #[derive(Debug, Clone)]
 pub struct LoadResult {
     pub ok: u64,
+    /// Successful responses marked `X-Cache: HIT...`.
+    pub hits: u64,
     pub errors: u64,
     pub elapsed: Duration,
     /// Latencies of successful requests in the measured window, in microseconds.
@@ -52,6 +58,11 @@ pub struct LoadResult {
 impl LoadResult {
     pub fn throughput(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Share of the successful responses that were cache hits.
+    pub fn hit_ratio(&self) -> f64 {
+        self.hits as f64 / self.ok.max(1) as f64
     }
 
     pub fn percentile_ms(&self, q: f64) -> f64 {
@@ -167,12 +178,28 @@ impl Pacer {
     }
 }
 
-async fn worker(spec: Arc<LoadSpec>, index: usize, start: Instant) -> anyhow::Result<LoadResult> {
+/// The serialized requests of a spec's mix (empty without one).
+fn mix_requests(spec: &LoadSpec) -> Arc<[Bytes]> {
+    let host = spec.addr.to_string();
+    spec.mix
+        .iter()
+        .map(|path| Bytes::from(wire::get_request(&host, path, &spec.headers)))
+        .collect()
+}
+
+async fn worker(
+    spec: Arc<LoadSpec>,
+    mix: Arc<[Bytes]>,
+    index: usize,
+    start: Instant,
+) -> anyhow::Result<LoadResult> {
     let measure_from = start + spec.warmup;
     let end = measure_from + spec.duration;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut ok, mut errors) = (0, 0);
+    let (mut ok, mut hits, mut errors) = (0, 0, 0);
     let mut connection = connect_wire(&spec).await?;
+    // Spread the connections over the mix: worker i starts i/n of the way through it.
+    let mut next_in_mix = index * mix.len() / spec.connections.max(1);
     let mut pacer = spec
         .rate
         .map(|rate| Pacer::new(rate, index, spec.connections, start));
@@ -184,6 +211,10 @@ async fn worker(spec: Arc<LoadSpec>, index: usize, start: Instant) -> anyhow::Re
         if sent >= end {
             break;
         }
+        if !mix.is_empty() {
+            connection.set_request(mix[next_in_mix % mix.len()].clone());
+            next_in_mix += 1;
+        }
         let outcome = connection.roundtrip().await;
         let done = Instant::now();
         if let Some(pacer) = pacer.as_mut() {
@@ -194,6 +225,7 @@ async fn worker(spec: Arc<LoadSpec>, index: usize, start: Instant) -> anyhow::Re
             Ok(response) if response.status == 200 => {
                 if measured {
                     ok += 1;
+                    hits += u64::from(response.cache_hit);
                     histogram.saturating_record(done.duration_since(sent).as_micros() as u64);
                 }
                 response.closing
@@ -213,6 +245,7 @@ async fn worker(spec: Arc<LoadSpec>, index: usize, start: Instant) -> anyhow::Re
     }
     Ok(LoadResult {
         ok,
+        hits,
         errors,
         elapsed: spec.duration,
         latency_us: histogram,
@@ -222,12 +255,14 @@ async fn worker(spec: Arc<LoadSpec>, index: usize, start: Instant) -> anyhow::Re
 /// Runs the load and merges every worker's counts and latencies.
 pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadResult> {
     let spec = Arc::new(spec);
+    let mix = mix_requests(&spec);
     let start = Instant::now();
     let workers: Vec<_> = (0..spec.connections)
-        .map(|index| tokio::spawn(worker(spec.clone(), index, start)))
+        .map(|index| tokio::spawn(worker(spec.clone(), mix.clone(), index, start)))
         .collect();
     let mut total = LoadResult {
         ok: 0,
+        hits: 0,
         errors: 0,
         elapsed: spec.duration,
         latency_us: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
@@ -235,6 +270,7 @@ pub async fn run(spec: LoadSpec) -> anyhow::Result<LoadResult> {
     for handle in workers {
         let part = handle.await??;
         total.ok += part.ok;
+        total.hits += part.hits;
         total.errors += part.errors;
         total.latency_us.add(&part.latency_us)?;
     }

@@ -62,6 +62,7 @@ impl LoadArgs {
             tls,
             rate: None,
             headers: Vec::new(),
+            mix: Vec::new(),
         })
     }
 

@@ -4,7 +4,7 @@
 //! a shared 2-core machine the measured server gets the cycles (as wrk does).
 
 use anyhow::Context;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A byte stream the client can speak HTTP over.
@@ -21,12 +21,14 @@ pub struct Response {
     pub body_len: usize,
     /// The server said `Connection: close`: reconnect before the next request.
     pub closing: bool,
+    /// An `X-Cache` header whose value starts with `HIT` (edge-proxy, and the peers' configs).
+    pub cache_hit: bool,
 }
 
 /// One keep-alive connection.
 pub struct Connection {
     stream: Box<dyn Io>,
-    request: Vec<u8>,
+    request: Bytes,
     buffer: BytesMut,
 }
 
@@ -44,6 +46,7 @@ struct Head {
     status: u16,
     content_length: usize,
     closing: bool,
+    cache_hit: bool,
 }
 
 /// Parses a complete response head at the start of `bytes`; `None` when more bytes are needed.
@@ -54,7 +57,7 @@ fn parse_head(bytes: &[u8]) -> anyhow::Result<Option<Head>> {
         return Ok(None);
     };
     let status = response.code.context("response without status")?;
-    let (mut content_length, mut closing) = (None, false);
+    let (mut content_length, mut closing, mut cache_hit) = (None, false, false);
     for header in response.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
             content_length = Some(std::str::from_utf8(header.value)?.trim().parse::<usize>()?);
@@ -62,6 +65,8 @@ fn parse_head(bytes: &[u8]) -> anyhow::Result<Option<Head>> {
             anyhow::bail!("the load client needs content-length, got transfer-encoding");
         } else if header.name.eq_ignore_ascii_case("connection") {
             closing = header.value.eq_ignore_ascii_case(b"close");
+        } else if header.name.eq_ignore_ascii_case("x-cache") {
+            cache_hit = header.value.starts_with(b"HIT");
         }
     }
     let content_length = match (content_length, status) {
@@ -74,6 +79,7 @@ fn parse_head(bytes: &[u8]) -> anyhow::Result<Option<Head>> {
         status,
         content_length,
         closing,
+        cache_hit,
     }))
 }
 
@@ -86,17 +92,17 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub fn new(stream: Box<dyn Io>, request: Vec<u8>) -> Self {
+    pub fn new(stream: Box<dyn Io>, request: impl Into<Bytes>) -> Self {
         Self {
             stream,
-            request,
+            request: request.into(),
             buffer: BytesMut::with_capacity(16 * 1024),
         }
     }
 
     /// The request the next round trips send (a varying workload).
-    pub fn set_request(&mut self, request: Vec<u8>) {
-        self.request = request;
+    pub fn set_request(&mut self, request: impl Into<Bytes>) {
+        self.request = request.into();
     }
 
     async fn fill(&mut self) -> anyhow::Result<()> {
@@ -127,6 +133,7 @@ impl Connection {
             status: head.status,
             body_len: head.content_length,
             closing: head.closing,
+            cache_hit: head.cache_hit,
         })
     }
 }
@@ -140,9 +147,17 @@ mod tests {
         let full = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
         let head = parse_head(full).unwrap().unwrap();
         assert_eq!(
-            (head.len, head.status, head.content_length, head.closing),
-            (full.len() - 5, 200, 5, true)
+            (
+                head.len,
+                head.status,
+                head.content_length,
+                head.closing,
+                head.cache_hit
+            ),
+            (full.len() - 5, 200, 5, true, false)
         );
+        let hit = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nX-Cache: HIT\r\n\r\n");
+        assert!(hit.unwrap().unwrap().cache_hit);
         assert!(parse_head(&full[..20]).unwrap().is_none());
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
         let not_modified = parse_head(b"HTTP/1.1 304 Not Modified\r\n\r\n").unwrap();

@@ -90,6 +90,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         tls: None,
         rate: None,
         headers: Vec::new(),
+        mix: Vec::new(),
     };
     println!(
         "filling {} distinct keys of {} B through the proxy, cache.max_bytes = {} MiB; RSS at start {:.0} MiB",
