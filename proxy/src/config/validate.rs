@@ -444,6 +444,16 @@ mod tests {
     }
 
     #[test]
+    fn one_thread_runs_without_work_stealing() {
+        let yaml = format!("server: {{ threads: 1, work_stealing: true }}\n{GOOD}");
+        let cfg = super::super::from_yaml(&yaml, Path::new("/etc/edge")).unwrap();
+        assert!(!cfg.server_conf().work_stealing);
+        let yaml = format!("server: {{ threads: 3 }}\n{GOOD}");
+        let cfg = super::super::from_yaml(&yaml, Path::new("/etc/edge")).unwrap();
+        assert!(cfg.server_conf().work_stealing);
+    }
+
+    #[test]
     fn every_bad_config_case_names_its_key() {
         let found = problems(
             "listen: localhost\n\
