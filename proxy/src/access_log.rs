@@ -251,18 +251,26 @@ fn format_line(out: &mut String, now: SystemTime, line: &Line<'_>) {
     );
 }
 
-/// `text` inside double quotes: `"` and `\` escaped, control characters as `\xNN`.
+/// `text` inside double quotes: `"` and `\` escaped, control characters as `\xNN`. Runs of
+/// plain characters (the whole target, usually) are copied at once.
 fn push_escaped(out: &mut String, text: &str) {
-    for c in text.chars() {
+    let special = |c: char| c == '"' || c == '\\' || c.is_control();
+    let mut rest = text;
+    while let Some(at) = rest.find(special) {
+        out.push_str(&rest[..at]);
+        let Some(c) = rest[at..].chars().next() else {
+            break;
+        };
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
+            c => {
                 let _ = write!(out, "\\x{:02x}", u32::from(c));
             }
-            c => out.push(c),
         }
+        rest = &rest[at + c.len_utf8()..];
     }
+    out.push_str(rest);
 }
 
 #[cfg(test)]
@@ -297,6 +305,16 @@ mod tests {
              target=\"/api/v1/products?category=polo&q=\\\"x\\\\y\" status=200 bytes=3143 \
              route=catalog upstream=catalog reused=true cache=HIT duration_ms=1.234 error=-\n"
         );
+    }
+
+    #[test]
+    fn escaping_keeps_plain_runs_and_marks_control_characters() {
+        let mut out = String::new();
+        push_escaped(&mut out, "/a\tb\u{7f}\"é\\z");
+        assert_eq!(out, "/a\\x09b\\x7f\\\"é\\\\z");
+        out.clear();
+        push_escaped(&mut out, "");
+        assert_eq!(out, "");
     }
 
     #[test]

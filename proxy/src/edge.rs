@@ -324,9 +324,8 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.response_deadline()?;
-        let listed = hygiene::connection_listed(&response.headers);
-        for name in hygiene::HOP_BY_HOP.iter().chain(&listed) {
-            response.remove_header(name);
+        for name in hygiene::hop_by_hop_present(&response.headers) {
+            response.remove_header(&name);
         }
         Ok(())
     }
