@@ -553,7 +553,12 @@ fn machine() -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Not available_parallelism: this process is pinned to one core.
+    let cores = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
 }
@@ -658,13 +663,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.paced_load > 0.0 {
         let mut paced_targets = Vec::new();
         let mut rates = Vec::new();
-        for (target, rounds) in targets.iter().zip(&closed) {
-            let nginx = targets
-                .iter()
-                .position(|t| t.workload == target.workload && t.peer == Peer::Nginx)
-                .context("every workload has an NGINX target")?;
-            let rate = args.paced_load * summarize(&closed[nginx]).throughput;
-            let _ = rounds;
+        // The same offered load for every server of a workload: `paced_load` of NGINX's
+        // capacity, but at most 80% of the slowest server's, so none is driven past saturation
+        // (where latency only measures the queue).
+        for target in &targets {
+            let capacity = |peer: Option<Peer>| {
+                targets
+                    .iter()
+                    .zip(&closed)
+                    .filter(|(t, _)| {
+                        t.workload == target.workload && peer.is_none_or(|p| t.peer == p)
+                    })
+                    .map(|(_, rounds)| summarize(rounds).throughput)
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let rate = (args.paced_load * capacity(Some(Peer::Nginx))).min(0.8 * capacity(None));
             rates.push((target.workload, rate));
             paced_targets.push(Target {
                 workload: target.workload,
@@ -677,7 +690,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             });
         }
         println!(
-            "open loop at {:.0}% of NGINX's capacity per workload:",
+            "open loop at {:.0}% of NGINX's capacity per workload (at most 80% of the slowest server's):",
             100.0 * args.paced_load
         );
         let open = alternate(&paced_targets, args.rounds, args.client_core).await?;
@@ -687,7 +700,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .map(|(w, r)| format!("{} {r:.0} req/s", w.title()))
             .collect();
         report.push_str(&format!(
-            "\n## Open loop (the same offered load for every server: {:.0}% of NGINX's capacity; {})\n\n{}",
+            "\n## Open loop (the same offered load for every server of a workload: {:.0}% of NGINX's capacity, at most 80% of the slowest server's; {})\n\n{}",
             100.0 * args.paced_load,
             rates.join(", "),
             table(&paced_targets, &open)
