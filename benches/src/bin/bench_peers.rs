@@ -44,6 +44,9 @@ struct Args {
     /// Products the origin is seeded with (listings cover every page of every category).
     #[arg(long, default_value_t = 2000)]
     products: u32,
+    /// Workloads to run (comma-separated): hit, fetch, mix.
+    #[arg(long, value_delimiter = ',', default_value = "hit,fetch,mix")]
+    workloads: Vec<String>,
     /// Where the Markdown report and the SVG chart go.
     #[arg(long, default_value = "target/bench-report")]
     out: PathBuf,
@@ -113,7 +116,12 @@ struct Round {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     pin_this_process(args.client_core)?;
-    rig::run(run(args))
+    // One thread: the client's core is one core, and two runtime workers on it would only
+    // take turns (and wake each other).
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
 }
 
 /// Every thread this process starts inherits the affinity set here, before the runtime.
@@ -617,7 +625,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             pid: server.pid(),
         })
     };
-    let targets = vec![
+    let all = vec![
         target(Workload::Hit, Peer::Edge)?,
         target(Workload::Hit, Peer::EdgeChain)?,
         target(Workload::Hit, Peer::Nginx)?,
@@ -628,6 +636,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         target(Workload::Mix, Peer::EdgeChain)?,
         target(Workload::Mix, Peer::Nginx)?,
     ];
+    let chosen = |w: Workload| {
+        let name = match w {
+            Workload::Hit => "hit",
+            Workload::Fetch => "fetch",
+            Workload::Mix => "mix",
+        };
+        args.workloads.iter().any(|x| x == name)
+    };
+    let targets: Vec<Target> = all.into_iter().filter(|t| chosen(t.workload)).collect();
+    anyhow::ensure!(!targets.is_empty(), "--workloads: choose among hit, fetch, mix");
     check_and_warm(&targets, &origin_spec, &mix).await?;
     let detail_share = mix.iter().filter(|p| !p.contains('?')).count() as f64 / mix.len() as f64;
     println!(
