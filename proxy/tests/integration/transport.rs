@@ -37,13 +37,16 @@ async fn sustained_load_reuses_upstream_connections() {
     let new = r#"edge_upstream_connections_total{reused="false",upstream="catalog"}"#;
     let reused = r#"edge_upstream_connections_total{reused="true",upstream="catalog"}"#;
 
-    // Warm-up: concurrency 16 needs up to 16 upstream connections once.
+    // Warm-up: concurrency 16 needs about 16 upstream connections once. A few more are fair:
+    // Pingora returns a connection to the pool after the response has gone to the client, so a
+    // client that sends its next request at once can find the pool one short and open another
+    // (what stops that from recurring is the pool's spares: the steady state below).
     load(&p, 200, 16, path).await;
     let (new_before, origin_before) = (
         p.metric(new).await,
         o.metric("origin_http_connections_total").await,
     );
-    assert!(new_before <= 16.0, "warm-up opened {new_before}");
+    assert!(new_before <= 24.0, "warm-up opened {new_before}");
 
     load(&p, 2_000, 16, path).await;
     let new_during = p.metric(new).await - new_before;
