@@ -645,7 +645,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.workloads.iter().any(|x| x == name)
     };
     let targets: Vec<Target> = all.into_iter().filter(|t| chosen(t.workload)).collect();
-    anyhow::ensure!(!targets.is_empty(), "--workloads: choose among hit, fetch, mix");
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "--workloads: choose among hit, fetch, mix"
+    );
     check_and_warm(&targets, &origin_spec, &mix).await?;
     let detail_share = mix.iter().filter(|p| !p.contains('?')).count() as f64 / mix.len() as f64;
     println!(
