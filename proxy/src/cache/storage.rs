@@ -4,8 +4,10 @@
 //! listener) lets a category purge remove exactly that category's entries without a scan.
 //!
 //! Hits avoid pingora's header deserialization (zstd, about a third of a hit's instructions
-//! under callgrind): the response header is kept parsed, and a hit rebuilds its `CacheMeta`
-//! from the stored internal meta plus a tiny placeholder header, then swaps the real one in.
+//! under callgrind): the response header is kept parsed. A hit rebuilds its `CacheMeta` with
+//! `CacheMeta::new` from the stored fields when that reproduces it exactly (an entry never
+//! revalidated: `updated == created`); otherwise (or `CacheMeta` not being `Clone`) from the
+//! stored internal meta plus a tiny placeholder header, then swaps the real header in.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -33,9 +35,56 @@ const ENTRY_OVERHEAD: usize =
 /// map and in the case-preserving name map, the index slots and the `Bytes` handles.
 const HEADER_LINE_OVERHEAD: usize = 160;
 
+/// The fields `CacheMeta::new` takes, kept when they rebuild the entry's meta exactly: no
+/// `MessagePack` decoding and no placeholder header to deserialize on a hit.
+#[derive(Debug, Clone, Copy)]
+struct Freshness {
+    fresh_until: std::time::SystemTime,
+    created: std::time::SystemTime,
+    stale_while_revalidate_sec: u32,
+    stale_if_error_sec: u32,
+    variance: Option<HashBinary>,
+    epoch_override: Option<std::time::SystemTime>,
+}
+
+impl Freshness {
+    /// `Some` when `CacheMeta::new` plus the public setters give back `meta` exactly: it was
+    /// never revalidated (`update_freshness` moves `updated` past `created`, which `new` cannot
+    /// express).
+    fn of(meta: &CacheMeta) -> Option<Self> {
+        (meta.updated() == meta.created() && meta.provenance() == meta.created()).then(|| Self {
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            stale_while_revalidate_sec: meta.stale_while_revalidate_sec(),
+            stale_if_error_sec: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            epoch_override: meta.epoch_override(),
+        })
+    }
+
+    fn meta(&self, header: ResponseHeader) -> CacheMeta {
+        let mut meta = CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.stale_while_revalidate_sec,
+            self.stale_if_error_sec,
+            header,
+        );
+        if let Some(variance) = self.variance {
+            meta.set_variance(variance);
+        }
+        if let Some(epoch) = self.epoch_override {
+            meta.set_epoch_override(epoch);
+        }
+        meta
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     meta_internal: Vec<u8>,
+    /// Set when the meta can be rebuilt from these fields (most entries).
+    freshness: Option<Freshness>,
     /// The response header, parsed (what a hit hands out).
     header: ResponseHeader,
     /// Heap bytes of the parsed header, for weighing.
@@ -63,6 +112,7 @@ impl Entry {
         let header = CacheMeta::deserialize(&meta_internal, &serialized)?.response_header_copy();
         Ok(Self {
             meta_internal,
+            freshness: Freshness::of(meta),
             header_bytes: parsed_header_bytes(&header),
             header,
             body,
@@ -262,8 +312,15 @@ impl Storage for MokaStorage {
         let Some(entry) = self.entries.get(&key.combined_bin()) else {
             return Ok(None);
         };
-        let mut meta = CacheMeta::deserialize(&entry.meta_internal, &self.placeholder_header)?;
-        *meta.response_header_mut() = entry.header.clone();
+        let meta = match &entry.freshness {
+            Some(freshness) => freshness.meta(entry.header.clone()),
+            None => {
+                let mut meta =
+                    CacheMeta::deserialize(&entry.meta_internal, &self.placeholder_header)?;
+                *meta.response_header_mut() = entry.header.clone();
+                meta
+            }
+        };
         let hit = Hit {
             body: Some(entry.body.clone()),
         };
@@ -399,6 +456,60 @@ mod tests {
         let body = hit.read_body().await.unwrap();
         assert!(hit.read_body().await.unwrap().is_none());
         body
+    }
+
+    /// Everything a `CacheMeta` exposes, to compare a hit's meta with the stored one.
+    fn observable(meta: &CacheMeta) -> String {
+        format!(
+            "{:?} {:?} {:?} {:?} {} {} {:?} {:?} {:?} {:?}",
+            meta.fresh_until(),
+            meta.created(),
+            meta.updated(),
+            meta.provenance(),
+            meta.stale_while_revalidate_sec(),
+            meta.stale_if_error_sec(),
+            meta.variance(),
+            meta.epoch_override(),
+            meta.response_header().status,
+            meta.headers(),
+        )
+    }
+
+    async fn hit_meta(storage: &'static MokaStorage, key: &CacheKey) -> CacheMeta {
+        storage.lookup(key, &trace()).await.unwrap().unwrap().0
+    }
+
+    #[tokio::test]
+    async fn a_hit_gives_back_the_stored_meta_whether_rebuilt_or_decoded() {
+        let storage = MokaStorage::leak(1 << 20);
+        let key = CacheKey::new("/m", "");
+        let mut stored = meta();
+        stored.set_variance([7; 16]);
+        stored.set_epoch_override(stored.created() - Duration::from_secs(5));
+        let mut miss = storage
+            .get_miss_handler(&key, &stored, &trace())
+            .await
+            .unwrap();
+        miss.write_body(Bytes::from_static(b"{}"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+        let id = key.combined_bin();
+        assert!(storage.entries.get(&id).unwrap().freshness.is_some());
+        assert_eq!(
+            observable(&hit_meta(storage, &key).await),
+            observable(&stored)
+        );
+
+        // Revalidated: `updated` moves past `created`, which only the decoded form keeps.
+        std::thread::sleep(Duration::from_millis(2));
+        stored.update_freshness(SystemTime::now() + Duration::from_secs(60), 1, 2);
+        assert!(storage.update_meta(&key, &stored, &trace()).await.unwrap());
+        assert!(storage.entries.get(&id).unwrap().freshness.is_none());
+        assert_eq!(
+            observable(&hit_meta(storage, &key).await),
+            observable(&stored)
+        );
     }
 
     #[tokio::test]
