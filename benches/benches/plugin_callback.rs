@@ -133,7 +133,7 @@ fn callbacks(c: &mut Criterion) {
     let plugins = host.plugins.clone();
 
     let route = [0];
-    let mut live = Chain::new(&plugins, &route, "bench".into(), None);
+    let mut live = Chain::new(&plugins, &route, "bench".into(), None, None);
     let mut req = request();
     assert_eq!(
         runtime.block_on(live.request_headers(&plugins, &mut req, &callouts)),
@@ -216,7 +216,7 @@ fn lifecycle(
                     let mut resp = ResponseHeader::build(200, None).expect("valid response");
                     resp.insert_header("x-cache", "HIT").expect("valid header");
                     let started = Instant::now();
-                    let mut chain = Chain::new(plugins, route, "bench".into(), None);
+                    let mut chain = Chain::new(plugins, route, "bench".into(), None, None);
                     let outcome = chain.request_headers(plugins, &mut req, callouts).await;
                     assert_eq!(outcome, Outcome::Continue);
                     black_box(
@@ -264,7 +264,7 @@ fn held_body(c: &mut Criterion) {
                         .expect("valid header");
                     let mut resp = ResponseHeader::build(200, None).expect("valid response");
                     let started = Instant::now();
-                    let mut chain = Chain::new(&plugins, &[0], "bench".into(), None);
+                    let mut chain = Chain::new(&plugins, &[0], "bench".into(), None, None);
                     let _ = chain.request_headers(&plugins, &mut req, &callouts).await;
                     let _ = chain
                         .response_headers(&plugins, &mut req, &mut resp, &callouts)

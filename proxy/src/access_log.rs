@@ -59,6 +59,10 @@ pub struct Line<'a> {
     pub cache: &'a str,
     pub duration: Duration,
     pub error: Option<&'a str>,
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub protocol: &'a str,
+    /// The client's TLS connection (`None`: plain HTTP).
+    pub tls: Option<&'a crate::tls::client::ClientTls>,
 }
 
 /// The process's access log; cheap to clone. `Default` is off.
@@ -216,7 +220,7 @@ fn write_periodically(shared: &Weak<Shared>) {
 
 /// `line` in logfmt, newline-terminated: `ts=... request_id=... client=... method=...
 /// target="..." status=... bytes=... route=... upstream=... reused=... cache=...
-/// duration_ms=... error=...` (`-` for an absent value).
+/// duration_ms=... error=... protocol=... tls=... client_cert="..."` (`-` for an absent value).
 fn format_line(out: &mut String, now: SystemTime, line: &Line<'_>) {
     let reused = match line.reused {
         Some(true) => "true",
@@ -238,7 +242,7 @@ fn format_line(out: &mut String, now: SystemTime, line: &Line<'_>) {
     }
     let _ = write!(out, " method={} target=\"", line.method);
     push_escaped(out, line.target);
-    let _ = writeln!(
+    let _ = write!(
         out,
         "\" status={} bytes={} route={} upstream={} reused={reused} cache={} duration_ms={:.3} error={}",
         line.status,
@@ -249,6 +253,16 @@ fn format_line(out: &mut String, now: SystemTime, line: &Line<'_>) {
         line.duration.as_secs_f64() * 1000.0,
         line.error.unwrap_or("-"),
     );
+    let tls = line.tls.map_or("-", |t| t.version);
+    let _ = write!(out, " protocol={} tls={tls} client_cert=", line.protocol);
+    match line.tls.and_then(|t| t.peer_subject.as_deref()) {
+        Some(subject) => {
+            out.push('"');
+            push_escaped(out, subject);
+            out.push_str("\"\n");
+        }
+        None => out.push_str("-\n"),
+    }
 }
 
 /// `text` inside double quotes: `"` and `\` escaped, control characters as `\xNN`. Runs of
@@ -291,6 +305,8 @@ mod tests {
             cache: "HIT",
             duration: Duration::from_micros(1234),
             error: None,
+            protocol: "HTTP/1.1",
+            tls: None,
         }
     }
 
@@ -303,7 +319,36 @@ mod tests {
             out,
             "ts=2023-11-14T22:13:20.123Z request_id=abc123 client=127.0.0.1 method=GET \
              target=\"/api/v1/products?category=polo&q=\\\"x\\\\y\" status=200 bytes=3143 \
-             route=catalog upstream=catalog reused=true cache=HIT duration_ms=1.234 error=-\n"
+             route=catalog upstream=catalog reused=true cache=HIT duration_ms=1.234 error=- \
+             protocol=HTTP/1.1 tls=- client_cert=-\n"
+        );
+    }
+
+    #[test]
+    fn a_tls_line_names_the_version_and_the_client_certificate_subject() {
+        let tls = crate::tls::client::ClientTls {
+            version: "TLSv1.3",
+            cipher: "TLS13_AES_128_GCM_SHA256",
+            server_name: Some("shop.example".into()),
+            alpn: Some("h2".into()),
+            resumed: false,
+            peer_subject: Some("CN=cdn \"pull\",O=CDN".into()),
+        };
+        let mut out = String::new();
+        format_line(
+            &mut out,
+            SystemTime::UNIX_EPOCH,
+            &Line {
+                protocol: "HTTP/2",
+                tls: Some(&tls),
+                ..line()
+            },
+        );
+        assert!(
+            out.ends_with(
+                " protocol=HTTP/2 tls=TLSv1.3 client_cert=\"CN=cdn \\\"pull\\\",O=CDN\"\n"
+            ),
+            "{out}"
         );
     }
 

@@ -7,9 +7,9 @@
 //! full.
 //!
 //! A connection is counted from the moment the filter admits it until the application is done
-//! with it ([`Counted`] wraps the proxy application). The data plane is plain TCP, whose
-//! "handshake" cannot fail between the two; a TLS listener would need the release on handshake
-//! failure too.
+//! with it ([`Counted`] wraps the proxy application), a failed TLS handshake included: Pingora's
+//! listeners are all plain TCP, and TLS is terminated here ([`crate::tls::handshake`]), with
+//! the request head deadline bounding the handshake too.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use crate::header_deadline::HeaderDeadline;
 use crate::metrics::Metrics;
+use crate::tls::handshake::Terminator;
 
 /// Live connections against the cap.
 #[derive(Debug)]
@@ -99,6 +100,7 @@ pub struct Counted<A> {
     gate: Arc<ConnectionGate>,
     /// Each request head must arrive within this (see [`HeaderDeadline`]).
     header_read_timeout: Duration,
+    terminator: Terminator,
 }
 
 impl<A> std::fmt::Debug for Counted<A> {
@@ -110,11 +112,17 @@ impl<A> std::fmt::Debug for Counted<A> {
 }
 
 impl<A> Counted<A> {
-    pub fn new(inner: A, gate: Arc<ConnectionGate>, header_read_timeout: Duration) -> Self {
+    pub fn new(
+        inner: A,
+        gate: Arc<ConnectionGate>,
+        header_read_timeout: Duration,
+        terminator: Terminator,
+    ) -> Self {
         Self {
             inner: Arc::new(inner),
             gate,
             header_read_timeout,
+            terminator,
         }
     }
 }
@@ -136,7 +144,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _slot = Slot(&self.gate);
-        let session: Stream = Box::new(HeaderDeadline::new(session, self.header_read_timeout));
+        let accepted = self.terminator.accept(session).await?;
+        // HTTP/2 heads are frames, bounded by the h2 limits: the deadline scans HTTP/1 heads.
+        let session: Stream = if accepted.h2 {
+            accepted.stream
+        } else {
+            Box::new(HeaderDeadline::new(
+                accepted.stream,
+                self.header_read_timeout,
+            ))
+        };
+        let _registration = accepted.registration;
         let mut next = self.inner.process_new(session, shutdown).await;
         // Keep-alive reuse stays inside this connection's slot.
         while let Some(stream) = next {

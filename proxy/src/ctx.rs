@@ -29,6 +29,8 @@ pub struct RequestCtx {
     pub upstream_sent: Option<Instant>,
     /// Why the request's framing was refused (sent by `fail_to_proxy`).
     pub refusal: Option<crate::framing::Refusal>,
+    /// The client's TLS connection (`None`: plain HTTP).
+    pub tls: Option<Arc<crate::tls::client::ClientTls>>,
 }
 
 impl RequestCtx {
@@ -45,6 +47,7 @@ impl RequestCtx {
             plugin_failure: None,
             refusal: None,
             upstream_sent: None,
+            tls: None,
         }
     }
 

@@ -33,6 +33,7 @@ use crate::generation::Current;
 use crate::hygiene;
 use crate::metrics::Metrics;
 use crate::normalize;
+use crate::tls::client::ClientTlsTable;
 
 pub struct EdgeProxy {
     /// The configuration generation new requests get (a reload swaps it).
@@ -43,6 +44,8 @@ pub struct EdgeProxy {
     cache: &'static MokaStorage,
     cache_lock: &'static CacheKeyLockImpl,
     access_log: AccessLog,
+    /// The facts of live client TLS connections, for their requests.
+    client_tls: Arc<ClientTlsTable>,
 }
 
 impl std::fmt::Debug for EdgeProxy {
@@ -61,8 +64,10 @@ impl EdgeProxy {
         cache: &'static MokaStorage,
         cache_lock: &'static CacheKeyLockImpl,
         access_log: AccessLog,
+        client_tls: Arc<ClientTlsTable>,
     ) -> Self {
         Self {
+            client_tls,
             current,
             draining,
             metrics,
@@ -113,6 +118,7 @@ impl ProxyHttp for EdgeProxy {
             .router
             .route(header.uri.path())
             .cloned();
+        ctx.tls = self.client_tls.of_request(session.digest());
         if let Some(route) = ctx.route.as_ref().filter(|r| !r.plugins.is_empty()) {
             let client = session.client_addr().and_then(|a| a.as_inet()).copied();
             ctx.chain = Some(Chain::new(
@@ -120,6 +126,7 @@ impl ProxyHttp for EdgeProxy {
                 &route.plugins,
                 ctx.request_id.clone(),
                 client,
+                ctx.tls.clone(),
             ));
         }
         Ok(())
@@ -539,6 +546,8 @@ impl ProxyHttp for EdgeProxy {
                 cache: ctx.cache_result,
                 duration: elapsed,
                 error: e.map(|e| e.etype().as_str()),
+                protocol: hygiene::protocol_name(request.version),
+                tls: ctx.tls.as_deref(),
             });
         }
     }

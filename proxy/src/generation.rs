@@ -15,6 +15,15 @@ use crate::metrics::Metrics;
 use crate::plugin::callout::Callouts;
 use crate::plugin::ticker::Ticker;
 use crate::plugin::{PluginError, PluginHost};
+use crate::tls::ResumptionState;
+
+/// A TLS listener's rustls config for this generation (its certificates) and the resumption
+/// state it shares with the other generations.
+#[derive(Debug)]
+pub struct ListenerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub resumption: Arc<ResumptionState>,
+}
 
 /// The plugin host and the callout runner the chains use.
 #[derive(Debug)]
@@ -31,6 +40,8 @@ pub struct Generation {
     pub number: u64,
     pub config: Arc<RuntimeConfig>,
     pub plugins: Plugins,
+    /// By listener index (`None`: plain HTTP).
+    pub tls: Vec<Option<ListenerTls>>,
 }
 
 /// The generation new requests get, swapped atomically by a reload.
@@ -60,8 +71,26 @@ impl Generation {
         });
         let ticker = Ticker::start(host.plugins.clone(), callouts.clone())
             .map_err(|e| PluginError::Engine(format!("starting the tick thread: {e}")))?;
+        let tls = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                let settings = listener.tls.as_ref()?;
+                let before = previous
+                    .and_then(|p| p.tls.get(i))
+                    .and_then(Option::as_ref)
+                    .map(|t| &t.resumption);
+                let resumption = ResumptionState::carry_over(before, &settings.resumption);
+                Some(ListenerTls {
+                    config: settings.server_config(&resumption),
+                    resumption,
+                })
+            })
+            .collect();
         Ok(Self {
             number,
+            tls,
             config,
             plugins: Plugins {
                 host,

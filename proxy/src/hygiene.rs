@@ -13,6 +13,17 @@ pub fn client_addr(session: &pingora::proxy::Session) -> Option<std::net::IpAddr
         .map(|a| a.ip())
 }
 
+/// An HTTP version as the access log and the `request.protocol` property name it.
+pub fn protocol_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
 /// The client's IP address, as `X-Forwarded-For` names it.
 pub fn client_ip(session: &pingora::proxy::Session) -> Option<String> {
     client_addr(session).map(|ip| ip.to_string())

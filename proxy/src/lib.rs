@@ -24,15 +24,16 @@ pub mod plugin;
 pub mod profiling;
 pub mod reload;
 pub mod routing;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::ListenerConfig;
@@ -118,6 +119,7 @@ pub fn build_server(
     ));
     server.bootstrap();
 
+    let client_tls = Arc::new(tls::client::ClientTlsTable::default());
     let cache = cache::storage::MokaStorage::leak(config.cache_max_bytes);
     let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl =
         Box::leak(pingora::cache::lock::CacheLock::new_boxed(CACHE_LOCK_AGE));
@@ -128,6 +130,7 @@ pub fn build_server(
         cache,
         cache_lock,
         access_log.clone(),
+        client_tls.clone(),
     );
     let mut http = pingora::proxy::http_proxy(&server.configuration, proxy);
     let mut options = pingora::apps::HttpServerOptions::default();
@@ -138,17 +141,42 @@ pub fn build_server(
             .max_requests_per_connection
             .saturating_sub(1),
     );
+    options.h2_idle_timeout = Some(config.downstream.keepalive_timeout);
     http.server_options = Some(options);
+    http.h2_options = Some(h2_options(&config.downstream.h2));
     let gate = connections::ConnectionGate::new(config.downstream.max_connections, metrics.clone());
+    let terminator = tls::handshake::Terminator::new(
+        config
+            .listeners
+            .iter()
+            .map(|l| tls::handshake::ListenerAddress {
+                address: l.address,
+                tls: l.tls.is_some(),
+            })
+            .collect(),
+        current.clone(),
+        client_tls,
+        metrics.clone(),
+        config.downstream.header_read_timeout,
+    );
     let mut data_plane = Service::new(
         "edge-proxy".to_string(),
-        connections::Counted::new(http, gate.clone(), config.downstream.header_read_timeout),
+        connections::Counted::new(
+            http,
+            gate.clone(),
+            config.downstream.header_read_timeout,
+            terminator,
+        ),
     );
     data_plane.set_connection_filter(Arc::new(connections::GateFilter(gate)));
-    data_plane.add_listener(
-        ListenerConfig::tcp(config.listen.to_string())
-            .l4_buffer(L4BufferSettings::default().write(config.server.write_buffer)),
-    );
+    // Every listener is plain TCP to Pingora: TLS is terminated in `Counted`, with our own
+    // rustls settings (versions, tickets, client certificates, reloadable certificates).
+    for listener in &config.listeners {
+        data_plane.add_listener(
+            ListenerConfig::tcp(listener.address.to_string())
+                .l4_buffer(L4BufferSettings::default().write(config.server.write_buffer)),
+        );
+    }
 
     let admin_app = admin::AdminApp::new(current, reloader.clone(), metrics, draining, cache);
     let mut admin = Service::new("admin".to_string(), admin_app);
@@ -162,6 +190,19 @@ pub fn build_server(
         reloader,
         access_log,
     })
+}
+
+/// The HTTP/2 server settings for clients: Pingora's bounded defaults with ours on top.
+fn h2_options(limits: &config::H2Limits) -> pingora::protocols::http::v2::server::H2Options {
+    let mut options = pingora::protocols::http::v2::server::default_h2_options();
+    options
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_size)
+        .initial_window_size(limits.initial_stream_window)
+        .initial_connection_window_size(limits.initial_connection_window)
+        .max_pending_accept_reset_streams(limits.max_pending_reset_streams)
+        .max_local_error_reset_streams(Some(limits.max_local_error_resets));
+    options
 }
 
 /// Shutdown requests from Unix signals (SIGTERM graceful, SIGINT fast, SIGQUIT graceful
@@ -266,7 +307,10 @@ pub enum StartError {
 /// A proxy running on its own thread (Pingora makes its own runtimes), stopped on demand.
 #[derive(Debug)]
 pub struct RunningProxy {
+    /// The first data-plane listener.
     pub listen: SocketAddr,
+    /// Every data-plane listener, in config order (`listen` first).
+    pub listeners: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub metrics: Arc<Metrics>,
     stop: Option<oneshot::Sender<ShutdownSignal>>,
@@ -281,6 +325,7 @@ impl RunningProxy {
         let draining = Arc::new(AtomicBool::new(false));
         let (stop, stop_rx) = oneshot::channel();
         let (listen, admin) = (config.listen, config.admin_listen);
+        let listeners: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
         let Built {
             server, access_log, ..
         } = build_server(
@@ -300,19 +345,17 @@ impl RunningProxy {
             })?;
         let running = Self {
             listen,
+            listeners: listeners.clone(),
             admin,
             metrics,
             stop: Some(stop),
             thread: Some(thread),
         };
+        // Read from the kernel's tables: a probe connection would be a failed TLS handshake.
         let limit = Duration::from_secs(10);
-        for addr in [listen, admin] {
-            let started = Instant::now();
-            while TcpStream::connect(addr).is_err() {
-                if started.elapsed() > limit {
-                    return Err(StartError::NotListening(addr, limit));
-                }
-                std::thread::sleep(Duration::from_millis(10));
+        for addr in listeners.into_iter().chain([admin]) {
+            if !listening::wait_for_tcp(addr, limit) {
+                return Err(StartError::NotListening(addr, limit));
             }
         }
         Ok(running)

@@ -47,6 +47,10 @@ pub struct Metrics {
     /// Client connections open now, and how often accepting paused at downstream.max_connections.
     pub downstream_connections: IntGauge,
     pub downstream_accept_pauses: IntCounter,
+    /// Client TLS handshakes by kind (`full`, `resumed`), and failures by reason (`timeout`,
+    /// `refused`).
+    pub downstream_tls_handshakes: IntCounterVec,
+    pub downstream_tls_handshake_failures: IntCounterVec,
     /// The configuration generation serving new requests (1 at start, +1 per applied reload).
     pub config_generation: IntGauge,
     /// Reloads by result (`applied`, `invalid`, `plugin_failed`).
@@ -144,6 +148,8 @@ impl Metrics {
             shared_data_bytes: register(&r, IntGauge::new("edge_plugin_shared_data_bytes", "Weighted bytes in the plugins' shared data store (plugin_host.shared_data.max_bytes bounds it).").expect("valid gauge definition")),
             shared_data_losses: register(&r, IntGaugeVec::new(Opts::new("edge_plugin_shared_data_losses", "Since start: entries removed as expired, entries without a TTL evicted (least recently used) to make room, and writes refused because only live TTL entries were left."), &["kind"]).expect("valid gauge definition")),
             downstream_connections: register(&r, IntGauge::new("edge_downstream_connections", "Client connections open on the data plane.").expect("valid gauge definition")),
+            downstream_tls_handshakes: register(&r, IntCounterVec::new(Opts::new("edge_downstream_tls_handshakes_total", "Completed client TLS handshakes by kind (full, resumed)."), &["kind"]).expect("valid counter definition")),
+            downstream_tls_handshake_failures: register(&r, IntCounterVec::new(Opts::new("edge_downstream_tls_handshake_failures_total", "Client TLS handshakes that failed, by reason (timeout, refused: protocol, certificate or SNI)."), &["reason"]).expect("valid counter definition")),
             downstream_accept_pauses: register(&r, IntCounter::new("edge_downstream_accept_pauses_total", "Times accepting new client connections paused because downstream.max_connections were open.").expect("valid counter definition")),
             config_generation: register(&r, IntGauge::new("edge_config_generation", "Configuration generation serving new requests: 1 at start, +1 per applied reload.").expect("valid gauge definition")),
             config_reloads: register(&r, counter_vec("edge_config_reloads_total", "Reloads by result: applied, invalid (the file has problems), plugin_failed (a plugin did not start).", &["result"])),

@@ -162,7 +162,20 @@ fn changed<T: PartialEq + std::fmt::Debug>(
 pub fn restart_only_changes(running: &RuntimeConfig, file: &RuntimeConfig) -> Vec<String> {
     let mut out = Vec::new();
     let (a, b) = (&running.server, &file.server);
-    changed(&mut out, "listen", &running.listen, &file.listen);
+    // Addresses and whether each speaks TLS are sockets and services; certificates reload.
+    let shape = |c: &RuntimeConfig| -> Vec<String> {
+        c.listeners
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l.address,
+                    if l.tls.is_some() { "https" } else { "http" }
+                )
+            })
+            .collect()
+    };
+    changed(&mut out, "listen/listeners", &shape(running), &shape(file));
     changed(
         &mut out,
         "admin.listen",
@@ -193,6 +206,12 @@ pub fn restart_only_changes(running: &RuntimeConfig, file: &RuntimeConfig) -> Ve
         "downstream.max_requests_per_connection",
         &running.downstream.max_requests_per_connection,
         &file.downstream.max_requests_per_connection,
+    );
+    changed(
+        &mut out,
+        "downstream.h2",
+        &running.downstream.h2,
+        &file.downstream.h2,
     );
     changed(
         &mut out,
@@ -297,7 +316,10 @@ mod tests {
         ));
         let changes = restart_only_changes(&running, &moved);
         assert_eq!(changes.len(), 3, "{changes:?}");
-        assert!(changes[0].starts_with("listen: 127.0.0.1:8080 -> 127.0.0.1:8081"));
+        assert_eq!(
+            changes[0],
+            r#"listen/listeners: ["127.0.0.1:8080 http"] -> ["127.0.0.1:8081 http"]"#
+        );
         assert!(changes[1].starts_with("server.threads: 2 -> 4"));
         assert!(changes[2].starts_with("cache.max_bytes:"));
     }

@@ -264,6 +264,11 @@ impl Problems {
         self.0.is_empty()
     }
 
+    /// Problems so far: compare before and after a section to know whether it added any.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn into_vec(self) -> Vec<Problem> {
         self.0
     }

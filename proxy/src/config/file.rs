@@ -6,13 +6,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::listeners::{H2File, ListenerFile};
 pub use super::plugins::{PluginFile, PluginHostFile};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub server: ServerFile,
-    pub listen: String,
+    /// Plain HTTP on this address (the first listener); with neither `listen` nor `listeners`,
+    /// 127.0.0.1:8080.
+    pub listen: Option<String>,
+    /// More listeners, plain or TLS.
+    pub listeners: Vec<ListenerFile>,
     /// `off`, `stdout`, or a file path.
     pub access_log: String,
     pub downstream: DownstreamFile,
@@ -28,7 +33,8 @@ impl Default for FileConfig {
     fn default() -> Self {
         Self {
             server: ServerFile::default(),
-            listen: "127.0.0.1:8080".into(),
+            listen: None,
+            listeners: Vec::new(),
             access_log: "stdout".into(),
             downstream: DownstreamFile::default(),
             admin: AdminFile::default(),
@@ -87,6 +93,7 @@ pub struct DownstreamFile {
     pub body_read_timeout: Duration,
     pub max_requests_per_connection: u32,
     pub max_connections: usize,
+    pub h2: H2File,
 }
 
 impl Default for DownstreamFile {
@@ -97,6 +104,7 @@ impl Default for DownstreamFile {
             body_read_timeout: Duration::from_secs(60),
             max_requests_per_connection: 1000,
             max_connections: 4096,
+            h2: H2File::default(),
         }
     }
 }

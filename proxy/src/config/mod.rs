@@ -2,6 +2,7 @@
 //! `path: problem (hint)`) -> `runtime.rs` (compiled, immutable, shared behind an `Arc`).
 
 mod file;
+mod listeners;
 mod plugins;
 mod runtime;
 mod validate;
@@ -10,7 +11,7 @@ use std::path::Path;
 
 pub use config_diagnostics::{ConfigError, Problem};
 pub use file::FileConfig;
-pub use runtime::{DownstreamLimits, RuntimeConfig, ServerSettings};
+pub use runtime::{DownstreamLimits, H2Limits, Listener, RuntimeConfig, ServerSettings};
 
 /// Reads, parses and validates a config file; relative paths resolve against its folder.
 pub fn load(path: &Path) -> Result<RuntimeConfig, ConfigError> {

@@ -12,6 +12,7 @@ use pingora::server::configuration::ServerConf;
 use crate::access_log::Destination;
 use crate::plugin::{HostSettings, PluginSpec};
 use crate::routing::Router;
+use crate::tls::TlsSettings;
 use crate::upstream::Upstream;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,12 +43,40 @@ pub struct DownstreamLimits {
     pub max_requests_per_connection: u32,
     /// Client connections open at once; accepting pauses beyond (start-only).
     pub max_connections: usize,
+    /// HTTP/2 limits per client connection (start-only).
+    pub h2: H2Limits,
+}
+
+/// HTTP/2 limits for clients (`downstream.h2`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct H2Limits {
+    pub max_concurrent_streams: u32,
+    /// Bytes of a decoded request head (HEADERS and its CONTINUATIONs).
+    pub max_header_list_size: u32,
+    pub initial_stream_window: u32,
+    pub initial_connection_window: u32,
+    /// Streams the client resets before the proxy accepted them; beyond, the connection is
+    /// closed (rapid reset).
+    pub max_pending_reset_streams: usize,
+    /// Streams the proxy resets for the client's protocol errors; beyond, the connection is
+    /// closed.
+    pub max_local_error_resets: usize,
+}
+
+/// A data-plane listener (its address is start-only; its TLS settings reload).
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: Option<Arc<TlsSettings>>,
 }
 
 #[derive(Debug)]
 pub struct RuntimeConfig {
     pub server: ServerSettings,
+    /// The first data-plane listener's address (`listen`, or `listeners[0]`).
     pub listen: SocketAddr,
+    /// Every data-plane listener, `listen` first.
+    pub listeners: Vec<Listener>,
     /// Where the access log goes (start-only; a file is reopened on reload).
     pub access_log: Destination,
     pub downstream: DownstreamLimits,

@@ -134,7 +134,9 @@ fn access_log(value: &str, base: &Path, problems: &mut Problems) -> Destination 
 
 pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, Vec<Problem>> {
     let mut problems = Problems::default();
-    let listen = problems.socket_addr("listen", &file.listen);
+    let listeners =
+        super::listeners::listeners(file.listen.as_deref(), &file.listeners, base, &mut problems);
+    let listen = listeners.first().map(|l| l.address);
     let admin = problems.socket_addr("admin.listen", &file.admin.listen);
     if let Some(admin) = admin {
         if !admin.ip().is_loopback() {
@@ -195,6 +197,8 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             Some("NGINX's keepalive_requests default is 1000"),
         );
     }
+
+    let h2 = super::listeners::h2_limits(&downstream.h2, &mut problems);
 
     let mut ca_files = BTreeSet::new();
     let upstreams: HashMap<String, Arc<Upstream>> = file
@@ -342,6 +346,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                 work_stealing: file.server.work_stealing,
             },
             listen,
+            listeners,
             access_log,
             downstream: super::runtime::DownstreamLimits {
                 header_read_timeout: downstream.header_read_timeout,
@@ -349,6 +354,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
                 body_read_timeout: downstream.body_read_timeout,
                 max_requests_per_connection: downstream.max_requests_per_connection,
                 max_connections: downstream.max_connections,
+                h2,
             },
             admin_listen,
             upstream_ca_file: ca_files.into_iter().next(),

@@ -64,6 +64,8 @@ pub enum BodyKind {
 pub struct Exchange {
     pub request_id: String,
     pub client: Option<SocketAddr>,
+    /// The client's TLS connection (`None`: plain HTTP).
+    pub tls: Option<Arc<crate::tls::client::ClientTls>>,
     /// Status of the response, once there is one.
     pub response_code: Option<u16>,
     /// Custom properties set by plugins (e.g. the authenticated client id), by their path as

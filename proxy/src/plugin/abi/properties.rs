@@ -1,7 +1,11 @@
 //! Properties: a path of NUL-separated segments. Request attributes come from the exchange
 //! (`request.path`, `request.url_path`, `request.host`, `request.method`, `request.scheme`,
 //! `request.id`, `request.query`, `request.headers.<name>`), the peer from the connection
-//! (`source.address` as `ip:port`, `source.port`), the response status (`response.code`), the
+//! (`source.address` as `ip:port`, `source.port`) and its TLS, as Envoy names them
+//! (`connection.mtls` as one byte 0/1, `connection.tls_version` (`TLSv1.3`),
+//! `connection.requested_server_name`, `connection.subject_peer_certificate` in RFC 2253; not
+//! found on plain HTTP), `request.scheme` (`https` on TLS), `request.protocol` (`HTTP/1.1`,
+//! `HTTP/2`), the response status (`response.code`), the
 //! plugin's identity (`plugin_name`, `plugin_root_id`). Numbers are 8-byte little-endian
 //! integers, as Envoy encodes them. Any other path is a custom property: plugins may set it
 //! and later plugins of the chain read it (e.g. the client id auth hands to the rate limiter).
@@ -46,12 +50,31 @@ pub fn lookup(state: &HostState, raw: &[u8]) -> Option<Vec<u8>> {
             .map(|h| h.as_bytes().to_vec())
             .or_else(|| text(request?.uri.host().unwrap_or_default())),
         ["request", "method"] => text(request?.method.as_str()),
-        ["request", "scheme"] => text("http"),
-        ["request", "protocol"] => text("HTTP/1.1"),
+        ["request", "scheme"] => text(if exchange.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }),
+        ["request", "protocol"] => text(crate::hygiene::protocol_name(request?.version)),
         ["request", "id"] => text(&exchange.request_id),
         ["request", "headers", name] => request?.headers.get(*name).map(|v| v.as_bytes().to_vec()),
         ["source", "address"] => exchange.client.map(|a| a.to_string().into_bytes()),
         ["source", "port"] => exchange.client.map(|a| int(i64::from(a.port()))),
+        ["connection", "mtls"] => exchange
+            .tls
+            .as_ref()
+            .map(|tls| vec![u8::from(tls.peer_subject.is_some())]),
+        ["connection", "tls_version"] => exchange.tls.as_ref().and_then(|t| text(t.version)),
+        ["connection", "requested_server_name"] => exchange
+            .tls
+            .as_ref()
+            .and_then(|t| t.server_name.as_deref())
+            .and_then(text),
+        ["connection", "subject_peer_certificate"] => exchange
+            .tls
+            .as_ref()
+            .and_then(|t| t.peer_subject.as_deref())
+            .and_then(text),
         ["response", "code"] => state
             .response_live
             .then(|| state.response_headers.status.as_u16())

@@ -26,6 +26,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use super::callout::Callouts;
 use super::host::RunningPlugin;
 use super::state::{CalloutRequest, Exchange, LocalResponse};
+use crate::tls::client::ClientTls;
 
 pub use body::BodyStep;
 pub use failure::CallError;
@@ -83,6 +84,7 @@ impl Chain {
         route: &[usize],
         request_id: String,
         client: Option<SocketAddr>,
+        tls: Option<Arc<ClientTls>>,
     ) -> Self {
         let links = route
             .iter()
@@ -103,6 +105,7 @@ impl Chain {
             exchange: Box::new(Exchange {
                 request_id,
                 client,
+                tls,
                 ..Exchange::default()
             }),
             response_headers_held: false,
