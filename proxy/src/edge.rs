@@ -101,6 +101,7 @@ impl ProxyHttp for EdgeProxy {
             // to a new connection (the new process) instead of racing the close.
             session.set_keepalive(None);
         }
+        hygiene::host_from_authority(session.req_header_mut())?;
         if let Err(refusal) = framing::check(session.req_header_mut()) {
             ctx.refusal = Some(refusal.clone());
             return Error::e_explain(ErrorType::HTTPStatus(refusal.status), refusal.message);
@@ -318,6 +319,7 @@ impl ProxyHttp for EdgeProxy {
                 .route
                 .as_ref()
                 .and_then(|r| r.upstream.host_header.as_deref()),
+            https: ctx.tls.is_some(),
             rewritable_body,
         };
         hygiene::prepare_upstream_request(upstream_request, &forwarded)

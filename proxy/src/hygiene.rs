@@ -29,6 +29,25 @@ pub fn client_ip(session: &pingora::proxy::Session) -> Option<String> {
     client_addr(session).map(|ip| ip.to_string())
 }
 
+/// HTTP/2 names the host in `:authority` (the request URI), not in a `Host` header: give the
+/// request the `Host` an HTTP/1.1 client would have sent (RFC 9113 §8.3.1) and an origin-form
+/// target, so routing, cache keys, plugins and the upstream see one spelling whatever the
+/// client's HTTP version.
+pub fn host_from_authority(request: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
+    let Some(authority) = request.uri.authority().cloned() else {
+        return Ok(());
+    };
+    if !request.headers.contains_key(http::header::HOST) {
+        request.insert_header(http::header::HOST, authority.as_str())?;
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = request.uri.path_and_query().cloned();
+    if let Ok(origin_form) = http::Uri::from_parts(parts) {
+        request.set_uri(origin_form);
+    }
+    Ok(())
+}
+
 /// What the upstream request is told about the client request.
 #[derive(Debug)]
 pub struct Forwarded<'a> {
@@ -36,6 +55,8 @@ pub struct Forwarded<'a> {
     pub request_id: &'a str,
     /// The upstream's own `Host`, when it wants one.
     pub host: Option<&'a str>,
+    /// The client spoke TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
     /// Plugins may rewrite the request body: frame it by what is actually sent (chunked).
     pub rewritable_body: bool,
 }
@@ -60,7 +81,10 @@ pub fn prepare_upstream_request(
         &forwarded.client,
     );
     request.insert_header("x-forwarded-for", xff)?;
-    request.insert_header("x-forwarded-proto", "http")?;
+    request.insert_header(
+        "x-forwarded-proto",
+        if forwarded.https { "https" } else { "http" },
+    )?;
     if let Some(host) = request.headers.get(http::header::HOST).cloned() {
         request.insert_header("x-forwarded-host", host)?;
     }
@@ -180,6 +204,31 @@ pub fn forwarded_for(existing: Option<&str>, client: &str) -> String {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn an_h2_authority_becomes_the_host_and_the_target_origin_form() {
+        let absolute = |uri: &str| {
+            let mut request = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+            request.set_uri(uri.parse().unwrap());
+            request
+        };
+        let mut h2 = absolute("https://shop.example:8443/api/v1/products?category=polo");
+        h2.set_version(http::Version::HTTP_2);
+        host_from_authority(&mut h2).unwrap();
+        assert_eq!(h2.headers["host"], "shop.example:8443");
+        assert_eq!(h2.uri.to_string(), "/api/v1/products?category=polo");
+
+        // HTTP/1.1 in origin form is left alone; a Host header is never replaced.
+        let mut h1 = pingora::http::RequestHeader::build("GET", b"/x", None).unwrap();
+        h1.insert_header("host", "a.example").unwrap();
+        host_from_authority(&mut h1).unwrap();
+        assert_eq!(h1.headers["host"], "a.example");
+        let mut both = absolute("https://b.example/x");
+        both.insert_header("host", "a.example").unwrap();
+        host_from_authority(&mut both).unwrap();
+        assert_eq!(both.headers["host"], "a.example");
+        assert_eq!(both.uri.to_string(), "/x");
+    }
 
     #[test]
     fn new_request_ids_are_32_hex_digits() {

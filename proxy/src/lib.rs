@@ -302,6 +302,8 @@ pub enum StartError {
     Thread(#[from] std::io::Error),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
 }
 
 /// A proxy running on its own thread (Pingora makes its own runtimes), stopped on demand.
@@ -313,6 +315,8 @@ pub struct RunningProxy {
     pub listeners: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub metrics: Arc<Metrics>,
+    /// Reloads the config file the proxy started from (refused without one).
+    pub reloader: Arc<reload::Reloader>,
     stop: Option<oneshot::Sender<ShutdownSignal>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -320,6 +324,22 @@ pub struct RunningProxy {
 impl RunningProxy {
     /// Starts the proxy and waits until both listeners accept connections.
     pub fn start(config: RuntimeConfig) -> Result<Self, StartError> {
+        Self::start_with(config, BuildOptions::default())
+    }
+
+    /// Starts the proxy from a config file, which [`Self::reloader`] re-reads.
+    pub fn start_from_file(path: &std::path::Path) -> Result<Self, StartError> {
+        let config = config::load(path)?;
+        Self::start_with(
+            config,
+            BuildOptions {
+                source: Some(path.to_path_buf()),
+                ..BuildOptions::default()
+            },
+        )
+    }
+
+    fn start_with(config: RuntimeConfig, options: BuildOptions) -> Result<Self, StartError> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let draining = Arc::new(AtomicBool::new(false));
@@ -327,13 +347,10 @@ impl RunningProxy {
         let (listen, admin) = (config.listen, config.admin_listen);
         let listeners: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
         let Built {
-            server, access_log, ..
-        } = build_server(
-            config,
-            metrics.clone(),
-            draining.clone(),
-            BuildOptions::default(),
-        )?;
+            server,
+            access_log,
+            reloader,
+        } = build_server(config, metrics.clone(), draining.clone(), options)?;
         let signals = StopSignals::channel(stop_rx, draining);
         let thread = std::thread::Builder::new()
             .name("edge-proxy".into())
@@ -348,6 +365,7 @@ impl RunningProxy {
             listeners: listeners.clone(),
             admin,
             metrics,
+            reloader,
             stop: Some(stop),
             thread: Some(thread),
         };

@@ -182,6 +182,7 @@ fn main() -> ExitCode {
                     cfg.router.routes().count(),
                     cfg.plugins.len()
                 );
+                print_certificates(&cfg);
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -228,5 +229,31 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+    }
+}
+
+/// Certificates closer to their end than this are flagged by `check`.
+const CERTIFICATE_WARNING_DAYS: i64 = 30;
+
+/// Every served certificate (each key already checked against its certificate) and the days it
+/// has left.
+fn print_certificates(cfg: &edge_proxy::config::RuntimeConfig) {
+    let now = std::time::SystemTime::now();
+    for listener in &cfg.listeners {
+        let Some(tls) = &listener.tls else { continue };
+        for cert in &tls.certificates {
+            let days = cert.days_left(now);
+            let flag = if days < CERTIFICATE_WARNING_DAYS {
+                " (renew soon)"
+            } else {
+                ""
+            };
+            println!(
+                "  https {}: certificate {} [{}], key matches, {days} day(s) left{flag}",
+                listener.address,
+                cert.subject,
+                cert.names.join(", "),
+            );
+        }
     }
 }

@@ -6,9 +6,11 @@
 //! `hold-then-trap` (buffers the response body, then traps at its end),
 //! `deny-in-request-body` / `deny-in-response-body` (a local response from a body callback at
 //! the end of the stream), `callout-in-log` (asks `authz` from `on_log`; the answer's status
-//! lands in shared data). With `x-probe-target: <greeting>`, only the plugin configured with
-//! that greeting acts on the probe (chains of this plugin). With `tick_ms` in its config the
-//! root context ticks (and, with `tick_callout`, calls out).
+//! lands in shared data), `tls` (the connection's properties as Envoy names them, echoed in
+//! `x-seen-*` response headers: scheme, protocol, mTLS, TLS version, SNI, peer subject). With
+//! `x-probe-target: <greeting>`, only the plugin configured with that greeting acts on the probe
+//! (chains of this plugin). With `tick_ms` in its config the root context ticks (and, with
+//! `tick_callout`, calls out).
 //! Every request also gets header edits both ways, config and property round trips, a metric.
 
 use std::rc::Rc;
@@ -407,6 +409,28 @@ impl HttpContext for Probe {
             if let (Some(value), _) = self.get_shared_data(key) {
                 self.set_http_response_header(header, Some(&String::from_utf8_lossy(&value)));
             }
+        }
+        if self.probe == "tls" {
+            for (path, header) in [
+                (vec!["request", "scheme"], "x-seen-scheme"),
+                (vec!["request", "protocol"], "x-seen-protocol"),
+                (vec!["connection", "tls_version"], "x-seen-tls-version"),
+                (vec!["connection", "requested_server_name"], "x-seen-sni"),
+                (
+                    vec!["connection", "subject_peer_certificate"],
+                    "x-seen-peer-subject",
+                ),
+            ] {
+                let value = self.get_property(path);
+                let value = value.as_deref().map(String::from_utf8_lossy);
+                self.set_http_response_header(header, Some(value.as_deref().unwrap_or("-")));
+            }
+            let mtls = match self.get_property(vec!["connection", "mtls"]).as_deref() {
+                Some([1]) => "true",
+                Some(_) => "false",
+                None => "-",
+            };
+            self.set_http_response_header("x-seen-mtls", Some(mtls));
         }
         if let Some(root_id) = self.get_property(vec!["plugin_root_id"]) {
             self.set_http_response_header("x-root-id", Some(&String::from_utf8_lossy(&root_id)));

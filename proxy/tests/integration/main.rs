@@ -10,6 +10,7 @@ mod assemblyscript;
 mod auth_plugin;
 mod cache;
 mod cli;
+mod client_tls;
 mod common;
 mod downstream;
 mod hygiene;

@@ -219,7 +219,7 @@ async fn the_access_log_file_gets_one_line_per_request() {
         format!("request_id={request_id} "),
         "client=127.0.0.1 method=GET target=\"/api/v1/products/42\" status=200 ".to_string(),
         format!("bytes={} route=catalog upstream=catalog ", body.len()),
-        " error=-\n".to_string(),
+        " error=- protocol=HTTP/1.1 tls=- client_cert=-\n".to_string(),
     ] {
         assert!(first.contains(&field), "{field:?} not in {first}");
     }

@@ -1,0 +1,814 @@
+//! HTTPS and HTTP/2 for clients: real TLS clients (rustls, reqwest, curl) against TLS listeners
+//! with certificates from a test CA minted here (rcgen): SNI, client certificates, minimum
+//! version, resumption (also across instances sharing a ticket key file), h2 multiplexing, and
+//! certificates swapped by a reload.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_proxy::RunningProxy;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{catalog_upstream, free_port, metric_at, plugin_wasm, Origin};
+
+/// A CA that signs server and client certificates into a folder.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+    /// The CA certificate's PEM file.
+    ca_file: PathBuf,
+}
+
+fn name(common_name: &str, organization: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, organization);
+    dn
+}
+
+impl Pki {
+    fn new(dir: &Path, label: &str) -> Self {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = name(&format!("{label} CA"), "Edge tests");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = params.self_signed(&ca_key).unwrap();
+        let ca_file = dir.join(format!("{label}-ca.pem"));
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        Self {
+            dir: dir.to_path_buf(),
+            ca,
+            ca_key,
+            ca_file,
+        }
+    }
+
+    fn sign(&self, params: CertificateParams) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A server certificate for `names` as `file.pem` / `file.key` (expired when asked).
+    fn server(&self, file: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = name(names[0], "Shirt Shop");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let (cert, key) = self.sign(params);
+        let (chain, key_file) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&chain, cert).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        (chain, key_file)
+    }
+
+    /// A client certificate (CN, O) for a rustls client.
+    fn client(&self, common_name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = name(common_name, "Example CDN");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let (cert, key) = self.sign(params);
+        (
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+    }
+}
+
+/// A rustls client trusting `ca`, with an optional client certificate, offering `alpn`.
+fn client_config(
+    ca: &Path,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+fn all_versions() -> &'static [&'static rustls::SupportedProtocolVersion] {
+    rustls::ALL_VERSIONS
+}
+
+type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn handshake(
+    addr: SocketAddr,
+    server_name: &str,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<ClientStream> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::other("handshake timed out")))
+}
+
+/// One HTTP/1.1 request over an established TLS stream (the connection closes after it).
+struct Answer {
+    status: u16,
+    head: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+async fn get_over(mut stream: ClientStream, path: &str, headers: &str) -> std::io::Result<Answer> {
+    stream
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: shop.example\r\n{headers}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut bytes = Vec::new();
+    // A peer closing without close_notify still delivered what it sent.
+    let _ = stream.read_to_end(&mut bytes).await;
+    let text = String::from_utf8_lossy(&bytes);
+    let (head, _) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no response head in {text:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))?;
+    Ok(Answer {
+        status,
+        head: head.to_string(),
+    })
+}
+
+/// The leaf certificate the server presented: its DNS names.
+fn presented_names(stream: &ClientStream) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let leaf = &stream.get_ref().1.peer_certificates().unwrap()[0];
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A proxy with a TLS listener in front of the origin (catalog cached, the conformance
+/// plugin echoing the connection's properties with `x-probe: tls`). `tls` is the listener's
+/// `tls:` mapping body (flow style).
+struct TlsProxy {
+    proxy: Option<RunningProxy>,
+    https: SocketAddr,
+    admin: SocketAddr,
+    config_file: PathBuf,
+}
+
+fn tls_proxy_yaml(dir: &Path, origin: &Origin, https: SocketAddr, tls: &str) -> String {
+    format!(
+        "server: {{ threads: 2, grace_period: 0s, graceful_shutdown_timeout: 2s, upgrade_sock: {sock} }}\n\
+         listen: 127.0.0.1:{plain}\n\
+         listeners:\n  - address: {https}\n    tls: {tls}\n\
+         access_log: off\n\
+         admin: {{ listen: 127.0.0.1:{admin} }}\n\
+         upstreams:\n{upstream}\n\
+         routes:\n  - {{ name: catalog, path_prefix: /api/, upstream: catalog, plugins: [probe], \
+         cache: {{ key_query_params: [category], default_ttl: 60s }} }}\n\
+         plugins:\n  - {{ name: probe, module: {wasm}, config: {{ greeting: hi }} }}\n",
+        sock = dir.join("upgrade.sock").display(),
+        plain = free_port(),
+        admin = free_port(),
+        upstream = catalog_upstream(origin.origin.local_addr(), &origin.ca, ""),
+        wasm = plugin_wasm("conformance").display(),
+    )
+}
+
+impl TlsProxy {
+    fn start(dir: &Path, origin: &Origin, tls: &str) -> Self {
+        let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config_file = dir.join(format!("edge-{}.yaml", https.port()));
+        std::fs::write(&config_file, tls_proxy_yaml(dir, origin, https, tls)).unwrap();
+        let proxy = RunningProxy::start_from_file(&config_file).unwrap();
+        Self {
+            admin: proxy.admin,
+            proxy: Some(proxy),
+            https,
+            config_file,
+        }
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        metric_at(&http, &format!("http://{}/metrics", self.admin), series).await
+    }
+
+    /// Waits (up to 5 s) for a series to reach `expected`: the proxy counts a handshake after
+    /// the client has seen its outcome.
+    async fn eventually(&self, series: &str, expected: f64) -> f64 {
+        let mut value = self.metric(series).await;
+        for _ in 0..500 {
+            if value >= expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            value = self.metric(series).await;
+        }
+        value
+    }
+
+    async fn stop(mut self) {
+        if let Some(proxy) = self.proxy.take() {
+            tokio::task::spawn_blocking(move || proxy.stop())
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn certificates(files: &[(PathBuf, PathBuf)]) -> String {
+    let list: Vec<String> = files
+        .iter()
+        .map(|(chain, key)| format!("{{ chain: {}, key: {} }}", chain.display(), key.display()))
+        .collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// HTTPS through the plugins and the cache, over HTTP/1.1 and HTTP/2 (reqwest, ALPN): the
+/// second request is a hit, plugins see `https` and the protocol, every stream of 64 concurrent
+/// HTTP/2 requests is answered over one connection (one handshake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_and_h2_requests_go_through_plugins_and_the_cache() {
+    let origin = Origin::start(50, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "shop");
+    let shop = pki.server("shop", &["shop.example"], false);
+    let proxy = TlsProxy::start(
+        dir.path(),
+        &origin,
+        &format!("{{ certificates: {} }}", certificates(&[shop])),
+    );
+    let client = |h2: bool| {
+        let builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_file).unwrap()).unwrap(),
+            )
+            .resolve("shop.example", proxy.https)
+            .no_proxy();
+        if h2 {
+            builder.http2_prior_knowledge()
+        } else {
+            builder.http1_only()
+        }
+        .build()
+        .unwrap()
+    };
+    let url = format!(
+        "https://shop.example:{}/api/v1/products?category=polo",
+        proxy.https.port()
+    );
+    let h1 = client(false);
+    let first = h1.get(&url).header("x-probe", "tls").send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.version(), reqwest::Version::HTTP_11);
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    assert_eq!(first.headers()["x-seen-scheme"], "https");
+    assert_eq!(first.headers()["x-seen-protocol"], "HTTP/1.1");
+    assert_eq!(first.headers()["x-seen-tls-version"], "TLSv1.3");
+    assert_eq!(first.headers()["x-seen-sni"], "shop.example");
+    assert_eq!(first.headers()["x-seen-mtls"], "false");
+    assert_eq!(first.headers()["x-seen-peer-subject"], "-");
+    let body = first.bytes().await.unwrap();
+    let second = h1.get(&url).send().await.unwrap();
+    assert_eq!(second.headers()["x-cache"], "HIT");
+    assert_eq!(
+        second.bytes().await.unwrap(),
+        body,
+        "byte-identical from the cache"
+    );
+
+    let h2 = client(true);
+    let handshakes_before = proxy
+        .metric("edge_downstream_tls_handshakes_total{kind=\"full\"}")
+        .await;
+    let requests = (0..64).map(|_| {
+        let (h2, url) = (h2.clone(), url.clone());
+        tokio::spawn(async move { h2.get(&url).header("x-probe", "tls").send().await.unwrap() })
+    });
+    for answer in futures::future::join_all(requests).await {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+        assert_eq!(answer.headers()["x-seen-protocol"], "HTTP/2");
+        assert_eq!(answer.headers()["x-cache"], "HIT");
+        assert_eq!(answer.bytes().await.unwrap(), body);
+    }
+    assert_eq!(
+        proxy
+            .metric("edge_downstream_tls_handshakes_total{kind=\"full\"}")
+            .await,
+        handshakes_before + 1.0,
+        "64 streams on one connection"
+    );
+    proxy.stop().await;
+}
+
+/// `curl --http2 --cacert`: the client operators reach for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_gets_the_catalog_over_h2_with_the_test_ca() {
+    let origin = Origin::start(50, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "shop");
+    let shop = pki.server("shop", &["shop.example"], false);
+    let proxy = TlsProxy::start(
+        dir.path(),
+        &origin,
+        &format!("{{ certificates: {} }}", certificates(&[shop])),
+    );
+    let port = proxy.https.port();
+    let (ca, https) = (pki.ca_file.clone(), proxy.https);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["--silent", "--show-error", "--http2", "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", &format!("shop.example:{port}:{}", https.ip())])
+            .args(["--write-out", "\n%{http_version} %{http_code}"])
+            .arg(format!(
+                "https://shop.example:{port}/api/v1/products?category=polo"
+            ))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.trim_end().ends_with("2 200"), "{stdout}");
+    assert!(stdout.contains("\"items\""), "{stdout}");
+    proxy.stop().await;
+}
+
+/// SNI picks the certificate (exact name, wildcard); an unknown name gets the first
+/// certificate (and a verifying client refuses it), or, with `strict_sni`, no handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_selects_the_certificate_and_strict_sni_refuses_unknown_names() {
+    let origin = Origin::start(10, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "shop");
+    let shop = pki.server("shop", &["shop.example"], false);
+    let cdn = pki.server("cdn", &["*.cdn.example"], false);
+    let files = certificates(&[shop, cdn]);
+    let lenient = TlsProxy::start(dir.path(), &origin, &format!("{{ certificates: {files} }}"));
+    let strict = TlsProxy::start(
+        dir.path(),
+        &origin,
+        &format!("{{ certificates: {files}, strict_sni: true }}"),
+    );
+    let client = client_config(&pki.ca_file, None, all_versions());
+
+    let stream = handshake(lenient.https, "shop.example", client.clone())
+        .await
+        .unwrap();
+    assert_eq!(presented_names(&stream), ["shop.example"]);
+    let stream = handshake(lenient.https, "img.cdn.example", client.clone())
+        .await
+        .unwrap();
+    assert_eq!(presented_names(&stream), ["*.cdn.example"]);
+    let answer = get_over(stream, "/api/v1/products?category=polo", "")
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+
+    let wrong = handshake(lenient.https, "other.example", client.clone()).await;
+    let error = wrong.expect_err("the shop certificate does not name other.example");
+    assert!(error.to_string().contains("not valid for name"), "{error}");
+
+    assert!(handshake(strict.https, "shop.example", client.clone())
+        .await
+        .is_ok());
+    let refused = handshake(strict.https, "other.example", client.clone()).await;
+    assert!(
+        refused.is_err(),
+        "strict SNI: no certificate for other.example"
+    );
+    assert_eq!(
+        strict
+            .eventually(
+                "edge_downstream_tls_handshake_failures_total{reason=\"refused\"}",
+                1.0
+            )
+            .await,
+        1.0
+    );
+    lenient.stop().await;
+    strict.stop().await;
+}
+
+/// `client_auth: required`: no certificate, or one from another CA, and the handshake fails;
+/// a CDN's certificate passes and plugins see its subject (RFC 2253, as Envoy prints it).
+/// `optional`: no certificate is fine (mTLS false), a bad one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_or_optional_and_plugins_see_the_subject() {
+    let origin = Origin::start(10, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "shop");
+    let clients = Pki::new(dir.path(), "cdn-clients");
+    let stranger = Pki::new(dir.path(), "stranger");
+    let files = certificates(&[pki.server("shop", &["shop.example"], false)]);
+    let auth = |mode: &str| {
+        format!(
+            "{{ certificates: {files}, client_auth: {{ ca: {}, mode: {mode} }} }}",
+            clients.ca_file.display()
+        )
+    };
+    let required = TlsProxy::start(dir.path(), &origin, &auth("required"));
+    let optional = TlsProxy::start(dir.path(), &origin, &auth("optional"));
+    let path = "/api/v1/products?category=polo";
+    let anonymous = client_config(&pki.ca_file, None, all_versions());
+    let cdn = client_config(
+        &pki.ca_file,
+        Some(clients.client("cdn-pull")),
+        all_versions(),
+    );
+    let impostor = client_config(
+        &pki.ca_file,
+        Some(stranger.client("cdn-pull")),
+        all_versions(),
+    );
+
+    // TLS 1.3 reports a refused client certificate after the client's handshake is done:
+    // the refusal shows as no answer.
+    for (who, config) in [("no certificate", &anonymous), ("another CA", &impostor)] {
+        let answered = match handshake(required.https, "shop.example", config.clone()).await {
+            Ok(stream) => get_over(stream, path, "").await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!answered, "required client auth let a client with {who} in");
+    }
+    let stream = handshake(required.https, "shop.example", cdn.clone())
+        .await
+        .unwrap();
+    let answer = get_over(stream, path, "x-probe: tls\r\n").await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-seen-mtls"), Some("true"));
+    assert_eq!(
+        answer.header("x-seen-peer-subject"),
+        Some("O=Example CDN,CN=cdn-pull")
+    );
+
+    let stream = handshake(optional.https, "shop.example", anonymous.clone())
+        .await
+        .unwrap();
+    let answer = get_over(stream, path, "x-probe: tls\r\n").await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-seen-mtls"), Some("false"));
+    let answered = match handshake(optional.https, "shop.example", impostor.clone()).await {
+        Ok(stream) => get_over(stream, path, "").await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(
+        !answered,
+        "optional client auth still refuses an untrusted certificate"
+    );
+    required.stop().await;
+    optional.stop().await;
+}
+
+/// `min_version: 1.3` refuses a TLS 1.2-only client; the default (1.2) serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_version_refuses_older_clients() {
+    let origin = Origin::start(10, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "shop");
+    let files = certificates(&[pki.server("shop", &["shop.example"], false)]);
+    let default = TlsProxy::start(dir.path(), &origin, &format!("{{ certificates: {files} }}"));
+    let modern = TlsProxy::start(
+        dir.path(),
+        &origin,
+        &format!("{{ certificates: {files}, min_version: 1.3 }}"),
+    );
+    let tls12 = client_config(&pki.ca_file, None, &[&rustls::version::TLS12]);
+    let stream = handshake(default.https, "shop.example", tls12.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert!(handshake(modern.https, "shop.example", tls12)
+        .await
+        .is_err());
+    default.stop().await;
+    modern.stop().await;
+}
+
+/// A reconnecting client resumes (TLS 1.3 ticket, and TLS 1.2 session id from the cache), and
+/// the handshakes are counted by kind; two instances sharing a ticket key file resume each
+/// other's sessions, instances with their own random keys do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumption_is_counted_and_shared_ticket_keys_resume_across_instances() {
+    let origin = Origin::start(10, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "shop");
+    let files = certificates(&[pki.server("shop", &["shop.example"], false)]);
+    let key_file = dir.path().join("ticket.key");
+    std::fs::write(&key_file, [42u8; 48]).unwrap();
+    let shared = format!(
+        "{{ certificates: {files}, resumption: {{ ticket_key_file: {} }} }}",
+        key_file.display()
+    );
+    let own = format!("{{ certificates: {files} }}");
+    let (a, b) = (
+        TlsProxy::start(dir.path(), &origin, &shared),
+        TlsProxy::start(dir.path(), &origin, &shared),
+    );
+    let (c, d) = (
+        TlsProxy::start(dir.path(), &origin, &own),
+        TlsProxy::start(dir.path(), &origin, &own),
+    );
+    let path = "/api/v1/products?category=polo";
+    // One request per connection: a TLS 1.3 ticket arrives after the handshake.
+    let visit = |addr: SocketAddr, config: Arc<ClientConfig>| async move {
+        let stream = handshake(addr, "shop.example", config).await.unwrap();
+        let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        assert_eq!(get_over(stream, path, "").await.unwrap().status, 200);
+        resumed
+    };
+
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let client = client_config(&pki.ca_file, None, versions);
+        assert!(!visit(c.https, client.clone()).await, "first visit: full");
+        assert!(
+            visit(c.https, client.clone()).await,
+            "{versions:?}: resumed on return"
+        );
+    }
+    assert_eq!(
+        c.eventually("edge_downstream_tls_handshakes_total{kind=\"full\"}", 2.0)
+            .await,
+        2.0
+    );
+    assert_eq!(
+        c.eventually(
+            "edge_downstream_tls_handshakes_total{kind=\"resumed\"}",
+            2.0
+        )
+        .await,
+        2.0
+    );
+
+    let client = client_config(&pki.ca_file, None, &[&rustls::version::TLS13]);
+    assert!(!visit(a.https, client.clone()).await);
+    assert!(
+        visit(b.https, client.clone()).await,
+        "a ticket of instance a resumes on b"
+    );
+    let client = client_config(&pki.ca_file, None, &[&rustls::version::TLS13]);
+    assert!(!visit(c.https, client.clone()).await);
+    assert!(
+        !visit(d.https, client.clone()).await,
+        "random keys are per instance"
+    );
+    for proxy in [a, b, c, d] {
+        proxy.stop().await;
+    }
+}
+
+/// A reload swaps the certificate: connections already open keep being served, new ones get
+/// the new certificate; a reload bringing an expired certificate is refused and the current
+/// one stays. Sessions resume across the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_certificate_without_dropping_connections_and_refuses_a_bad_one() {
+    let origin = Origin::start(10, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "shop");
+    let old = pki.server("old", &["shop.example", "old.shop.example"], false);
+    let new = pki.server("new", &["shop.example", "new.shop.example"], false);
+    let expired = pki.server("expired", &["shop.example"], true);
+    let proxy = TlsProxy::start(
+        dir.path(),
+        &origin,
+        &format!("{{ certificates: {} }}", certificates(&[old])),
+    );
+    let client = client_config(&pki.ca_file, None, all_versions());
+    let path = "/api/v1/products?category=polo";
+
+    // An established keep-alive connection from before the reload.
+    let mut open = handshake(proxy.https, "shop.example", client.clone())
+        .await
+        .unwrap();
+    assert!(presented_names(&open).contains(&"old.shop.example".to_string()));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+    open.write_all(request.as_bytes()).await.unwrap();
+    read_one_response(&mut open).await;
+
+    let rewrite = |files: &[(PathBuf, PathBuf)]| {
+        let text = std::fs::read_to_string(&proxy.config_file).unwrap();
+        let start = text.find("certificates: [").unwrap();
+        let end = start + text[start..].find(']').unwrap() + 1;
+        let text = format!(
+            "{}certificates: {}{}",
+            &text[..start],
+            certificates(files),
+            &text[end..]
+        );
+        std::fs::write(&proxy.config_file, text).unwrap();
+    };
+    let reloader = proxy.proxy.as_ref().unwrap().reloader.clone();
+    rewrite(&[new]);
+    tokio::task::spawn_blocking({
+        let reloader = reloader.clone();
+        move || reloader.reload().unwrap()
+    })
+    .await
+    .unwrap();
+    // A new client sees the new certificate; a returning one resumes its session from before
+    // the reload (a resumed handshake presents no certificate).
+    let newcomer = client_config(&pki.ca_file, None, all_versions());
+    let fresh = handshake(proxy.https, "shop.example", newcomer)
+        .await
+        .unwrap();
+    assert!(presented_names(&fresh).contains(&"new.shop.example".to_string()));
+    drop(fresh);
+    let returning = handshake(proxy.https, "shop.example", client.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        returning.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the session of before the reload resumes"
+    );
+    drop(returning);
+
+    // The connection from before the reload is still served.
+    open.write_all(request.as_bytes()).await.unwrap();
+    read_one_response(&mut open).await;
+
+    rewrite(&[expired]);
+    let refused = tokio::task::spawn_blocking(move || reloader.reload())
+        .await
+        .unwrap()
+        .expect_err("an expired certificate must be refused");
+    let problems = refused.problems().join("\n");
+    assert!(problems.contains("expired"), "{problems}");
+    let still = handshake(
+        proxy.https,
+        "shop.example",
+        client_config(&pki.ca_file, None, all_versions()),
+    )
+    .await
+    .unwrap();
+    assert!(presented_names(&still).contains(&"new.shop.example".to_string()));
+    proxy.stop().await;
+}
+
+/// Reads one HTTP/1.1 response with a content-length from a keep-alive stream; asserts 200.
+async fn read_one_response(stream: &mut ClientStream) {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed before a whole response");
+        bytes.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&bytes);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if body.len() >= length {
+                return;
+            }
+        }
+    }
+}
+
+/// Bad TLS settings are config errors naming their key: an expired certificate, a key of
+/// another certificate, an unknown ALPN protocol, TLS 1.1, a short ticket key file.
+#[test]
+fn bad_tls_settings_are_config_errors_with_their_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "shop");
+    let (good_chain, good_key) = pki.server("good", &["shop.example"], false);
+    let (expired_chain, expired_key) = pki.server("expired", &["shop.example"], true);
+    let (other_chain, _) = pki.server("other", &["other.example"], false);
+    std::fs::write(dir.path().join("short.key"), [1u8; 8]).unwrap();
+    let yaml = format!(
+        "listeners:\n\
+         \x20 - address: 127.0.0.1:18443\n\
+         \x20   tls: {{ certificates: [{{ chain: {ec}, key: {ek} }}], alpn: [h2, spdy/3] }}\n\
+         \x20 - address: 127.0.0.1:18444\n\
+         \x20   tls: {{ certificates: [{{ chain: {oc}, key: {gk} }}], resumption: {{ ticket_key_file: short.key }} }}\n\
+         \x20 - address: 127.0.0.1:18445\n\
+         \x20   tls: {{ certificates: [{{ chain: {gc}, key: {gk} }}], min_version: 1.1 }}\n\
+         upstreams: {{ u: {{ addresses: [127.0.0.1:1] }} }}\n\
+         routes: [{{ name: r, path_prefix: /, upstream: u }}]\n",
+        ec = expired_chain.display(),
+        ek = expired_key.display(),
+        oc = other_chain.display(),
+        gc = good_chain.display(),
+        gk = good_key.display(),
+    );
+    let Err(edge_proxy::config::ConfigError::Invalid(problems)) =
+        edge_proxy::config::from_yaml(&yaml, dir.path())
+    else {
+        panic!("the config must be refused");
+    };
+    let text: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.problem))
+        .collect();
+    let has = |path: &str, words: &str| {
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with(path) && t.contains(words)),
+            "no `{path}` problem with `{words}` in {text:#?}"
+        );
+    };
+    has("listeners[2].tls.min_version", "1.1");
+    // The parse error stops at the first bad value; fix it and the rest are reported together.
+    let yaml = yaml.replace("min_version: 1.1", "min_version: 1.3");
+    let Err(edge_proxy::config::ConfigError::Invalid(problems)) =
+        edge_proxy::config::from_yaml(&yaml, dir.path())
+    else {
+        panic!("the config must be refused");
+    };
+    let text: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.problem))
+        .collect();
+    let has = |path: &str, words: &str| {
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with(path) && t.contains(words)),
+            "no `{path}` problem with `{words}` in {text:#?}"
+        );
+    };
+    has("listeners[0].tls.certificates[0]", "expired");
+    has("listeners[0].tls.alpn[1]", "spdy/3");
+    has("listeners[1].tls.certificates[0]", "does not belong");
+    has(
+        "listeners[1].tls.resumption.ticket_key_file",
+        "fewer than 32",
+    );
+    assert_eq!(text.len(), 4, "{text:#?}");
+}
