@@ -812,3 +812,215 @@ fn bad_tls_settings_are_config_errors_with_their_key_path() {
     );
     assert_eq!(text.len(), 4, "{text:#?}");
 }
+
+/// HTTP/2 frames by hand: what an attacker sends, which no client library would.
+mod h2_frames {
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const GOAWAY: u8 = 0x7;
+    pub const CONTINUATION: u8 = 0x9;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// HPACK: a literal field without indexing whose name is static-table entry `index`.
+    fn literal(index: u8, value: &str) -> Vec<u8> {
+        let mut out = vec![index, value.len() as u8];
+        out.extend_from_slice(value.as_bytes());
+        out
+    }
+
+    /// `GET https://shop.example/api/v1/products?category=polo` as a header block.
+    pub fn get_block() -> Vec<u8> {
+        let mut block = vec![0x82, 0x87]; // :method GET, :scheme https
+        block.extend(literal(1, "shop.example")); // :authority
+        block.extend(literal(4, "/api/v1/products?category=polo")); // :path
+        block
+    }
+
+    /// Filler fields for a header block that never ends (`x-filler-N: aaaa...`).
+    pub fn filler(n: usize) -> Vec<u8> {
+        let name = format!("x-filler-{n}");
+        let mut out = vec![0x00, name.len() as u8];
+        out.extend_from_slice(name.as_bytes());
+        out.push(100);
+        out.extend_from_slice(&[b'a'; 100]);
+        out
+    }
+
+    /// Reads frames until a GOAWAY (its error code) or the end of the connection (`None`).
+    pub async fn goaway<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> Option<u32> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            while buf.len() >= 9 {
+                let len =
+                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                if buf[3] == GOAWAY && len >= 8 {
+                    return Some(u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]));
+                }
+                buf.drain(..9 + len);
+            }
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The HTTP/2 attacks of 2023-2024 against a TLS listener: rapid reset (HEADERS then
+/// RST_STREAM, as fast as the client can) and an endless CONTINUATION sequence. Each is cut off
+/// with GOAWAY or a closed connection within seconds, having cost bounded work and memory,
+/// and the proxy goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_rapid_reset_and_continuation_floods_are_cut_off() {
+    use h2_frames::*;
+    let origin = Origin::start(10, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "shop");
+    let files = certificates(&[pki.server("shop", &["shop.example"], false)]);
+    let proxy = TlsProxy::start(dir.path(), &origin, &format!("{{ certificates: {files} }}"));
+    let mut h2_client = (*client_config(&pki.ca_file, None, all_versions())).clone();
+    h2_client.alpn_protocols = vec![b"h2".to_vec()];
+    let h2_client = Arc::new(h2_client);
+    let rss_before = resident_kib();
+
+    // Rapid reset: 100,000 streams opened and cancelled, in batches of 500.
+    let stream = handshake(proxy.https, "shop.example", h2_client.clone())
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let watcher = tokio::spawn(async move { goaway(&mut reader).await });
+    let mut opening = PREFACE.to_vec();
+    opening.extend(frame(SETTINGS, 0, 0, &[]));
+    writer.write_all(&opening).await.unwrap();
+    let block = get_block();
+    let mut sent = 0u32;
+    let started = std::time::Instant::now();
+    'attack: for batch in 0..200u32 {
+        let mut bytes = Vec::new();
+        for i in 0..500u32 {
+            let id = (batch * 500 + i) * 2 + 1;
+            bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+            bytes.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+        }
+        if writer.write_all(&bytes).await.is_err() {
+            break 'attack;
+        }
+        sent += 500;
+        if watcher.is_finished() {
+            break;
+        }
+    }
+    let verdict = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the rapid-reset connection must be cut off")
+        .unwrap();
+    assert!(
+        verdict.is_none() || verdict == Some(ENHANCE_YOUR_CALM),
+        "GOAWAY with {verdict:?}"
+    );
+    assert!(
+        sent < 100_000,
+        "the whole flood was accepted ({sent} streams)"
+    );
+    let served = proxy
+        .metric("edge_requests_total{route=\"catalog\",status=\"200\"}")
+        .await;
+    eprintln!(
+        "rapid reset: cut off after {sent} streams sent in {:?} (GOAWAY {verdict:?}); {served} requests served",
+        started.elapsed()
+    );
+    assert!(served < 2_000.0, "{served} reset streams were served");
+
+    // CONTINUATION flood: one header block that never ends.
+    let stream = handshake(proxy.https, "shop.example", h2_client.clone())
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let watcher = tokio::spawn(async move { goaway(&mut reader).await });
+    writer.write_all(&opening).await.unwrap();
+    writer
+        .write_all(&frame(HEADERS, END_STREAM, 1, &block))
+        .await
+        .unwrap();
+    let mut payload = Vec::new();
+    let mut n = 0;
+    while payload.len() < 16_000 {
+        payload.extend(filler(n));
+        n += 1;
+    }
+    let mut continuation_bytes = 0usize;
+    for _ in 0..4_000 {
+        if writer
+            .write_all(&frame(CONTINUATION, 0, 1, &payload))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        continuation_bytes += payload.len();
+        if watcher.is_finished() {
+            break;
+        }
+    }
+    let verdict = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the CONTINUATION flood must be cut off")
+        .unwrap();
+    eprintln!(
+        "continuation flood: cut off after {} KiB of CONTINUATION frames (GOAWAY {verdict:?})",
+        continuation_bytes / 1024
+    );
+    assert!(
+        continuation_bytes < 4_000 * payload.len(),
+        "64 MB of one header block were read without a complaint"
+    );
+
+    let grown = resident_kib().saturating_sub(rss_before);
+    assert!(
+        grown < 100 * 1024,
+        "memory grew by {grown} KiB under the attacks"
+    );
+    // Still serving.
+    let stream = handshake(
+        proxy.https,
+        "shop.example",
+        client_config(&pki.ca_file, None, all_versions()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get_over(stream, "/api/v1/products?category=polo", "")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    proxy.stop().await;
+}
