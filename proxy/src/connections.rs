@@ -145,15 +145,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Counted<A> {
     ) -> Option<Stream> {
         let _slot = Slot(&self.gate);
         let accepted = self.terminator.accept(session).await?;
-        // HTTP/2 heads are frames, bounded by the h2 limits: the deadline scans HTTP/1 heads.
-        let session: Stream = if accepted.h2 {
-            accepted.stream
-        } else {
-            Box::new(HeaderDeadline::new(
-                accepted.stream,
-                self.header_read_timeout,
-            ))
-        };
+        // On HTTP/2 the deadline covers the connection preface (its `\r\n\r\n` ends the
+        // "head"); Pingora's h2 handshake has no timeout of its own. Frames are not scanned.
+        let session: Stream = Box::new(HeaderDeadline::new(
+            accepted.stream,
+            self.header_read_timeout,
+        ));
         let _registration = accepted.registration;
         let mut next = self.inner.process_new(session, shutdown).await;
         // Keep-alive reuse stays inside this connection's slot.

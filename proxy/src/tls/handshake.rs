@@ -1,14 +1,14 @@
 //! Terminating client TLS on the data plane: which listener a connection came in on (by its
 //! local address), the handshake under a deadline with that listener's current certificates, and
-//! what it yields: the decrypted stream for Pingora, whether ALPN chose HTTP/2, and the
-//! connection's facts registered for its requests. Handshakes are counted by kind (`full`,
+//! what it yields: the decrypted stream for Pingora (whose ALPN protocol sends it to Pingora's
+//! HTTP/2 or HTTP/1 server), and the connection's facts registered for its requests. Handshakes are counted by kind (`full`,
 //! `resumed`) and failures by reason (`timeout`, `refused`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::protocols::{Stream, ALPN};
+use pingora::protocols::Stream;
 
 use super::client::{ClientTls, ClientTlsTable, Registration};
 use super::stream::ClientTlsStream;
@@ -26,8 +26,6 @@ pub struct ListenerAddress {
 #[derive(Debug)]
 pub struct Accepted {
     pub stream: Stream,
-    /// ALPN chose HTTP/2.
-    pub h2: bool,
     /// The TLS facts, registered while the connection lives (`None`: plain HTTP).
     pub registration: Option<Registration>,
 }
@@ -80,7 +78,6 @@ impl Terminator {
         let plain = |stream| {
             Some(Accepted {
                 stream,
-                h2: false,
                 registration: None,
             })
         };
@@ -119,14 +116,8 @@ impl Terminator {
             .downstream_tls_handshakes
             .with_label_values(&[if facts.resumed { "resumed" } else { "full" }])
             .inc();
-        let stream = ClientTlsStream::new(tls);
-        let h2 = matches!(
-            pingora::protocols::Ssl::selected_alpn_proto(&stream),
-            Some(ALPN::H2)
-        );
         Some(Accepted {
-            stream: Box::new(stream),
-            h2,
+            stream: Box::new(ClientTlsStream::new(tls)),
             registration: Some(self.table.register(client, local, facts)),
         })
     }

@@ -1024,3 +1024,71 @@ async fn h2_rapid_reset_and_continuation_floods_are_cut_off() {
     );
     proxy.stop().await;
 }
+
+/// A client that opens TCP and never starts TLS, or finishes TLS with ALPN h2 and never sends
+/// the HTTP/2 preface, is closed after `downstream.header_read_timeout`; the stalled handshake
+/// is counted as a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_and_silent_h2_connections_are_closed_at_the_head_deadline() {
+    let origin = Origin::start(10, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "shop");
+    let files = certificates(&[pki.server("shop", &["shop.example"], false)]);
+    let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let yaml = tls_proxy_yaml(
+        dir.path(),
+        &origin,
+        https,
+        &format!("{{ certificates: {files} }}"),
+    ) + "downstream: { header_read_timeout: 1s }\n";
+    let config_file = dir.path().join("edge.yaml");
+    std::fs::write(&config_file, yaml).unwrap();
+    let proxy = TlsProxy {
+        proxy: Some(RunningProxy::start_from_file(&config_file).unwrap()),
+        https,
+        admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        config_file,
+    };
+    let proxy = TlsProxy {
+        admin: proxy.proxy.as_ref().unwrap().admin,
+        ..proxy
+    };
+    // Reads (the server's own SETTINGS, on h2) until the proxy closes the connection.
+    let closed_within = |mut stream: Box<dyn tokio::io::AsyncRead + Unpin + Send>| async move {
+        let started = std::time::Instant::now();
+        let mut sink = Vec::new();
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await;
+        assert!(outcome.is_ok(), "the connection must be closed");
+        started.elapsed()
+    };
+
+    let silent_tcp = TcpStream::connect(https).await.unwrap();
+    let waited = closed_within(Box::new(silent_tcp)).await;
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    assert_eq!(
+        proxy
+            .eventually(
+                "edge_downstream_tls_handshake_failures_total{reason=\"timeout\"}",
+                1.0
+            )
+            .await,
+        1.0
+    );
+
+    let mut h2_client = (*client_config(&pki.ca_file, None, all_versions())).clone();
+    h2_client.alpn_protocols = vec![b"h2".to_vec()];
+    let silent_h2 = handshake(https, "shop.example", Arc::new(h2_client))
+        .await
+        .unwrap();
+    assert_eq!(silent_h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let waited = closed_within(Box::new(silent_h2)).await;
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    proxy.stop().await;
+}
