@@ -19,7 +19,7 @@ use crate::tls::ResumptionState;
 
 /// A TLS listener's rustls config for this generation (its certificates) and the resumption
 /// state it shares with the other generations.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ListenerTls {
     pub config: Arc<rustls::ServerConfig>,
     pub resumption: Arc<ResumptionState>,
@@ -40,7 +40,9 @@ pub struct Generation {
     pub number: u64,
     pub config: Arc<RuntimeConfig>,
     pub plugins: Plugins,
-    /// By listener index (`None`: plain HTTP).
+    /// The listeners the process serves (those it started with: a reload cannot move a
+    /// socket), and each one's TLS by the same index (`None`: plain HTTP).
+    pub listeners: Vec<std::net::SocketAddr>,
     pub tls: Vec<Option<ListenerTls>>,
 }
 
@@ -71,25 +73,10 @@ impl Generation {
         });
         let ticker = Ticker::start(host.plugins.clone(), callouts.clone())
             .map_err(|e| PluginError::Engine(format!("starting the tick thread: {e}")))?;
-        let tls = config
-            .listeners
-            .iter()
-            .enumerate()
-            .map(|(i, listener)| {
-                let settings = listener.tls.as_ref()?;
-                let before = previous
-                    .and_then(|p| p.tls.get(i))
-                    .and_then(Option::as_ref)
-                    .map(|t| &t.resumption);
-                let resumption = ResumptionState::carry_over(before, &settings.resumption);
-                Some(ListenerTls {
-                    config: settings.server_config(&resumption),
-                    resumption,
-                })
-            })
-            .collect();
+        let (listeners, tls) = listener_tls(&config, previous);
         Ok(Self {
             number,
+            listeners,
             tls,
             config,
             plugins: Plugins {
@@ -99,4 +86,52 @@ impl Generation {
             },
         })
     }
+}
+
+/// Each served listener's TLS under `config`. The listeners stay the ones the process started
+/// with; a listener keeps its TLS settings when the new file drops it or makes it plain
+/// (restart-only changes, reported by the reload), takes the file's settings for the same
+/// address otherwise, and a plain one stays plain. Resumption state carries over.
+fn listener_tls(
+    config: &RuntimeConfig,
+    previous: Option<&Generation>,
+) -> (Vec<std::net::SocketAddr>, Vec<Option<ListenerTls>>) {
+    let Some(previous) = previous else {
+        let tls = config
+            .listeners
+            .iter()
+            .map(|listener| {
+                let settings = listener.tls.as_ref()?;
+                let resumption = ResumptionState::new(&settings.resumption);
+                Some(ListenerTls {
+                    config: settings.server_config(&resumption),
+                    resumption,
+                })
+            })
+            .collect();
+        return (config.listeners.iter().map(|l| l.address).collect(), tls);
+    };
+    let tls = previous
+        .listeners
+        .iter()
+        .zip(&previous.tls)
+        .map(|(address, before)| {
+            let before = before.as_ref()?;
+            let settings = config
+                .listeners
+                .iter()
+                .find(|l| l.address == *address)
+                .and_then(|l| l.tls.as_ref());
+            let Some(settings) = settings else {
+                return Some(before.clone());
+            };
+            let resumption =
+                ResumptionState::carry_over(Some(&before.resumption), &settings.resumption);
+            Some(ListenerTls {
+                config: settings.server_config(&resumption),
+                resumption,
+            })
+        })
+        .collect();
+    (previous.listeners.clone(), tls)
 }

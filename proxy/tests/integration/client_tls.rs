@@ -713,6 +713,37 @@ async fn reload_swaps_the_certificate_without_dropping_connections_and_refuses_a
     .await
     .unwrap();
     assert!(presented_names(&still).contains(&"new.shop.example".to_string()));
+
+    // A file that makes the listener plain is a restart-only change: reported, and the
+    // running listener keeps speaking TLS with its current certificate.
+    let text = std::fs::read_to_string(&proxy.config_file).unwrap();
+    let start = text.find("    tls: ").unwrap();
+    let end = start + text[start..].find('\n').unwrap() + 1;
+    std::fs::write(
+        &proxy.config_file,
+        format!("{}{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
+    let reloader = proxy.proxy.as_ref().unwrap().reloader.clone();
+    let applied = tokio::task::spawn_blocking(move || reloader.reload().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        applied
+            .restart_required
+            .iter()
+            .any(|c| c.starts_with("listen/listeners")),
+        "{:?}",
+        applied.restart_required
+    );
+    let after = handshake(
+        proxy.https,
+        "shop.example",
+        client_config(&pki.ca_file, None, all_versions()),
+    )
+    .await
+    .expect("the running listener still speaks TLS");
+    assert!(presented_names(&after).contains(&"new.shop.example".to_string()));
     proxy.stop().await;
 }
 
