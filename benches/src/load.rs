@@ -1,6 +1,8 @@
 //! A closed-loop load generator: `connections` workers, each on its own keep-alive (TLS)
 //! connection, sending GETs back to back for `warmup + duration`; only the measured window counts.
-//! The measured loop speaks through [`crate::wire`]; requests whose bytes are compared use hyper.
+//! The measured loop speaks through [`crate::wire`] (HTTP/1.1), the `h2` crate (HTTP/2, one
+//! stream in flight per connection), or opens a new connection per request (handshake cost);
+//! requests whose bytes are compared use hyper.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +43,21 @@ pub struct LoadSpec {
     /// (starting at its own offset, so connections spread over the list) instead of
     /// `path_and_query`. Repeat a path to weight it.
     pub mix: Vec<String>,
+    pub transport: Transport,
+}
+
+/// How each worker reaches the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// One keep-alive HTTP/1.1 connection per worker (TLS when `tls` is set).
+    #[default]
+    KeepAlive,
+    /// One HTTP/2 connection per worker (`tls` must offer ALPN h2), one stream in flight.
+    H2,
+    /// A new connection (TCP, and the TLS handshake when `tls` is set) for every request,
+    /// `Connection: close`: what a request costs is then mostly its handshake. Whether TLS
+    /// sessions resume is the client config's (`resumption`).
+    NewConnection,
 }
 
 /// What one load run measured.
@@ -72,6 +89,14 @@ impl LoadResult {
 
 /// A client TLS config trusting only the CA in `ca_pem_file` (session resumption on, as default).
 pub fn client_tls(ca_pem_file: &std::path::Path) -> anyhow::Result<Arc<ClientConfig>> {
+    client_tls_versions(ca_pem_file, rustls::DEFAULT_VERSIONS)
+}
+
+/// As [`client_tls`], speaking only `versions`.
+pub fn client_tls_versions(
+    ca_pem_file: &std::path::Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> anyhow::Result<Arc<ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_pem_file)
         .with_context(|| format!("reading {}", ca_pem_file.display()))?
@@ -80,7 +105,7 @@ pub fn client_tls(ca_pem_file: &std::path::Path) -> anyhow::Result<Arc<ClientCon
     }
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
+            .with_protocol_versions(versions)?
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(Arc::new(config))
@@ -114,6 +139,85 @@ async fn connect(spec: &LoadSpec) -> anyhow::Result<Sender> {
 async fn connect_wire(spec: &LoadSpec) -> anyhow::Result<wire::Connection> {
     let request = wire::get_request(&spec.addr.to_string(), &spec.path_and_query, &spec.headers);
     Ok(wire::Connection::new(open(spec).await?, request))
+}
+
+/// What a worker sends its requests over.
+enum Channel {
+    Wire(wire::Connection),
+    H2(h2::client::SendRequest<Bytes>, Arc<LoadSpec>),
+    /// A request (with `Connection: close`) for a new connection each time.
+    Fresh(Arc<LoadSpec>, Bytes),
+}
+
+impl Channel {
+    async fn open(spec: &Arc<LoadSpec>) -> anyhow::Result<Self> {
+        Ok(match spec.transport {
+            Transport::KeepAlive => Channel::Wire(connect_wire(spec).await?),
+            Transport::H2 => {
+                let (sender, connection) = h2::client::handshake(open(spec).await?).await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Channel::H2(sender, spec.clone())
+            }
+            Transport::NewConnection => {
+                let mut headers = spec.headers.clone();
+                headers.push(("connection".into(), "close".into()));
+                let request =
+                    wire::get_request(&spec.addr.to_string(), &spec.path_and_query, &headers);
+                Channel::Fresh(spec.clone(), Bytes::from(request))
+            }
+        })
+    }
+
+    fn set_request(&mut self, request: Bytes) {
+        if let Channel::Wire(connection) = self {
+            connection.set_request(request);
+        }
+    }
+
+    async fn roundtrip(&mut self) -> anyhow::Result<wire::Response> {
+        match self {
+            Channel::Wire(connection) => connection.roundtrip().await,
+            Channel::Fresh(spec, request) => {
+                let mut connection = wire::Connection::new(open(spec).await?, request.clone());
+                let mut response = connection.roundtrip().await?;
+                response.closing = false;
+                Ok(response)
+            }
+            Channel::H2(sender, spec) => {
+                let scheme = if spec.tls.is_some() { "https" } else { "http" };
+                let mut request = http::Request::get(format!(
+                    "{scheme}://{}{}",
+                    spec.addr, spec.path_and_query
+                ));
+                for (name, value) in &spec.headers {
+                    request = request.header(name.as_str(), value.as_str());
+                }
+                let mut ready = sender.clone().ready().await?;
+                let (response, _) = ready.send_request(request.body(())?, true)?;
+                let response = response.await?;
+                let status = response.status().as_u16();
+                let cache_hit = response
+                    .headers()
+                    .get("x-cache")
+                    .is_some_and(|v| v.as_bytes().starts_with(b"HIT"));
+                let mut body = response.into_body();
+                let mut body_len = 0;
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk?;
+                    body_len += chunk.len();
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                Ok(wire::Response {
+                    status,
+                    body_len,
+                    closing: false,
+                    cache_hit,
+                })
+            }
+        }
+    }
 }
 
 /// One GET of the spec's path; returns the response body when the status is 200.
@@ -197,7 +301,7 @@ async fn worker(
     let end = measure_from + spec.duration;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut ok, mut hits, mut errors) = (0, 0, 0);
-    let mut connection = connect_wire(&spec).await?;
+    let mut connection = Channel::open(&spec).await?;
     // Spread the connections over the mix: worker i starts i/n of the way through it.
     let mut next_in_mix = index * mix.len() / spec.connections.max(1);
     let mut pacer = spec
@@ -240,7 +344,7 @@ async fn worker(
             }
         };
         if reconnect {
-            connection = connect_wire(&spec).await?;
+            connection = Channel::open(&spec).await?;
         }
     }
     Ok(LoadResult {

@@ -63,6 +63,7 @@ impl LoadArgs {
             rate: None,
             headers: Vec::new(),
             mix: Vec::new(),
+            transport: crate::load::Transport::KeepAlive,
         })
     }
 

@@ -44,8 +44,10 @@ struct Args {
     /// Products the origin is seeded with (listings cover every page of every category).
     #[arg(long, default_value_t = 2000)]
     products: u32,
-    /// Workloads to run (comma-separated): hit, fetch, mix.
-    #[arg(long, value_delimiter = ',', default_value = "hit,fetch,mix")]
+    /// Workloads to run (comma-separated): hit, fetch, mix, https (HTTPS hits over HTTP/1.1
+    /// keep-alive), h2 (HTTPS hits over HTTP/2), handshakes (a new TLS connection per request,
+    /// full and resumed).
+    #[arg(long, value_delimiter = ',', default_value = "hit,fetch,mix,https,h2,handshakes")]
     workloads: Vec<String>,
     /// Where the Markdown report and the SVG chart go.
     #[arg(long, default_value = "target/bench-report")]
@@ -63,6 +65,15 @@ enum Workload {
     Hit,
     Fetch,
     Mix,
+    /// Cache hits over HTTPS keep-alive connections, HTTP/1.1 and HTTP/2.
+    HttpsHit,
+    H2Hit,
+    /// A new TLS connection per request: full handshakes, and resumed ones (tickets); TLS 1.3
+    /// (whose resumption still runs an ECDHE exchange) and TLS 1.2 (whose does not).
+    TlsFull,
+    TlsResumed,
+    Tls12Full,
+    Tls12Resumed,
 }
 
 impl Workload {
@@ -71,7 +82,32 @@ impl Workload {
             Workload::Hit => "cache hit",
             Workload::Fetch => "origin fetch",
             Workload::Mix => "realistic mix",
+            Workload::HttpsHit => "HTTPS hit h1",
+            Workload::H2Hit => "HTTPS hit h2",
+            Workload::TlsFull => "TLS 1.3 full handshake",
+            Workload::TlsResumed => "TLS 1.3 resumed",
+            Workload::Tls12Full => "TLS 1.2 full handshake",
+            Workload::Tls12Resumed => "TLS 1.2 resumed",
         }
+    }
+
+    /// The `--workloads` name.
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Hit => "hit",
+            Workload::Fetch => "fetch",
+            Workload::Mix => "mix",
+            Workload::HttpsHit => "https",
+            Workload::H2Hit => "h2",
+            Workload::TlsFull
+            | Workload::TlsResumed
+            | Workload::Tls12Full
+            | Workload::Tls12Resumed => "handshakes",
+        }
+    }
+
+    fn tls(self) -> bool {
+        !matches!(self, Workload::Hit | Workload::Fetch | Workload::Mix)
     }
 }
 
@@ -157,6 +193,7 @@ fn spec(args: &Args, addr: SocketAddr, path: &str) -> anyhow::Result<LoadSpec> {
         rate: None,
         headers: vec![(API_KEY.0.into(), API_KEY.1.into())],
         mix: Vec::new(),
+        transport: load::Transport::KeepAlive,
     })
 }
 
@@ -216,6 +253,9 @@ struct Servers {
     edge_chain: Server,
     nginx: Server,
     varnish: Server,
+    /// The HTTPS listeners of edge-proxy (no plugins) and NGINX.
+    edge_tls: SocketAddr,
+    nginx_tls: SocketAddr,
 }
 
 async fn start_servers(
@@ -243,7 +283,12 @@ async fn start_servers(
     );
     let core = args.server_core;
     let dir_s = dir.display().to_string();
-    let start_edge = |name: &str, plugins: &str| -> anyhow::Result<(Server, PathBuf)> {
+    // The origin's certificate (ECDSA P-256, from its test CA) for both HTTPS listeners.
+    let (cert, key) = (ca.with_file_name("server.pem"), ca.with_file_name("server.key"));
+    let start_edge = |name: &str,
+                      plugins: &str,
+                      tls_listen: SocketAddr|
+     -> anyhow::Result<(Server, PathBuf)> {
         let listen = free_addr()?;
         let yaml = peers::render(
             "edge.yaml",
@@ -256,6 +301,9 @@ async fn start_servers(
                 ("ca", ca.display().to_string()),
                 ("plugins", plugins.to_string()),
                 ("plugin_dir", plugin_dir.display().to_string()),
+                ("tls_listen", tls_listen.to_string()),
+                ("cert", cert.display().to_string()),
+                ("key", key.display().to_string()),
             ],
         )?;
         let config = dir.join(format!("{name}.yaml"));
@@ -267,8 +315,10 @@ async fn start_servers(
             log,
         ))
     };
-    let (mut edge, edge_log) = start_edge("edge", "[]")?;
-    let (mut edge_chain, chain_log) = start_edge("edge-chain", "[shop-edge]")?;
+    let edge_tls = free_addr()?;
+    let (mut edge, edge_log) = start_edge("edge", "[]", edge_tls)?;
+    let (mut edge_chain, chain_log) = start_edge("edge-chain", "[shop-edge]", free_addr()?)?;
+    let nginx_tls = free_addr()?;
 
     let nginx_listen = free_addr()?;
     let backend = free_addr()?;
@@ -292,6 +342,9 @@ async fn start_servers(
             ("backend_listen", backend.to_string()),
             ("origin", origin.to_string()),
             ("ca", ca.display().to_string()),
+            ("tls_listen", nginx_tls.to_string()),
+            ("cert", cert.display().to_string()),
+            ("key", key.display().to_string()),
         ],
     )?;
     let nginx_conf = dir.join("nginx.conf");
@@ -356,6 +409,8 @@ async fn start_servers(
         edge_chain,
         nginx,
         varnish,
+        edge_tls,
+        nginx_tls,
     })
 }
 
@@ -509,7 +564,12 @@ async fn check_and_warm(
             ..origin.clone()
         })
         .await?;
-        for target in targets.iter().filter(|t| t.workload != Workload::Mix) {
+        // Byte checks speak HTTP/1.1 on one connection (hyper): the h2 and handshake targets
+        // share their listener with the HTTPS h1 one.
+        let checked = |t: &&Target| {
+            t.workload != Workload::Mix && t.spec.transport == load::Transport::KeepAlive
+        };
+        for target in targets.iter().filter(checked) {
             let body = load::fetch_once(&LoadSpec {
                 path_and_query: path.into(),
                 ..target.spec.clone()
@@ -526,7 +586,10 @@ async fn check_and_warm(
         }
     }
     let mut warmed = Vec::new();
-    for target in targets {
+    for target in targets
+        .iter()
+        .filter(|t| t.spec.transport == load::Transport::KeepAlive)
+    {
         if warmed.contains(&target.spec.addr) {
             continue;
         }
@@ -606,9 +669,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Peer::Nginx => &servers.nginx,
             Peer::Varnish => &servers.varnish,
         };
+        let addr = match (workload.tls(), peer) {
+            (true, Peer::Nginx) => servers.nginx_tls,
+            (true, _) => servers.edge_tls,
+            (false, _) => server.listen,
+        };
         let mut spec = spec(
             &args,
-            server.listen,
+            addr,
             if workload == Workload::Fetch {
                 FETCH_PATH
             } else {
@@ -617,6 +685,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )?;
         if workload == Workload::Mix {
             spec.mix = mix.clone();
+        }
+        if workload.tls() {
+            let tls12 = matches!(workload, Workload::Tls12Full | Workload::Tls12Resumed);
+            let mut tls = if tls12 {
+                (*load::client_tls_versions(&origin.ca, &[&rustls::version::TLS12])?).clone()
+            } else {
+                (*load::client_tls(&origin.ca)?).clone()
+            };
+            tls.alpn_protocols = vec![if workload == Workload::H2Hit {
+                b"h2".to_vec()
+            } else {
+                b"http/1.1".to_vec()
+            }];
+            if matches!(workload, Workload::TlsFull | Workload::Tls12Full) {
+                tls.resumption = rustls::client::Resumption::disabled();
+            }
+            spec.tls = Some(Arc::new(tls));
+            spec.transport = match workload {
+                Workload::H2Hit => load::Transport::H2,
+                Workload::TlsFull
+                | Workload::TlsResumed
+                | Workload::Tls12Full
+                | Workload::Tls12Resumed => load::Transport::NewConnection,
+                _ => load::Transport::KeepAlive,
+            };
         }
         Ok(Target {
             workload,
@@ -635,19 +728,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         target(Workload::Mix, Peer::Edge)?,
         target(Workload::Mix, Peer::EdgeChain)?,
         target(Workload::Mix, Peer::Nginx)?,
+        target(Workload::HttpsHit, Peer::Edge)?,
+        target(Workload::HttpsHit, Peer::Nginx)?,
+        target(Workload::H2Hit, Peer::Edge)?,
+        target(Workload::H2Hit, Peer::Nginx)?,
+        target(Workload::TlsFull, Peer::Edge)?,
+        target(Workload::TlsFull, Peer::Nginx)?,
+        target(Workload::TlsResumed, Peer::Edge)?,
+        target(Workload::TlsResumed, Peer::Nginx)?,
+        target(Workload::Tls12Full, Peer::Edge)?,
+        target(Workload::Tls12Full, Peer::Nginx)?,
+        target(Workload::Tls12Resumed, Peer::Edge)?,
+        target(Workload::Tls12Resumed, Peer::Nginx)?,
     ];
-    let chosen = |w: Workload| {
-        let name = match w {
-            Workload::Hit => "hit",
-            Workload::Fetch => "fetch",
-            Workload::Mix => "mix",
-        };
-        args.workloads.iter().any(|x| x == name)
-    };
+    let chosen = |w: Workload| args.workloads.iter().any(|x| x == w.name());
     let targets: Vec<Target> = all.into_iter().filter(|t| chosen(t.workload)).collect();
     anyhow::ensure!(
         !targets.is_empty(),
-        "--workloads: choose among hit, fetch, mix"
+        "--workloads: choose among hit, fetch, mix, https, h2, handshakes"
     );
     check_and_warm(&targets, &origin_spec, &mix).await?;
     let detail_share = mix.iter().filter(|p| !p.contains('?')).count() as f64 / mix.len() as f64;
@@ -664,6 +762,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
          {} alternating rounds of {} s after {} s of warm-up; CPU is the server process tree's (schedstat). \
          Cache hit: `{HIT_PATH}`. Origin fetch: `{FETCH_PATH}`, uncached, pooled verified TLS to the origin. \
          Mix: {} paths, {:.0}% product details (uncached), the rest every listing page of every category (cached). \
+         HTTPS (edge-proxy without plugins, NGINX): the origin's ECDSA P-256 certificate on both, a rustls client (TLS 1.3), \
+         the cache-hit path over keep-alive HTTP/1.1 and HTTP/2 (one stream in flight per connection); handshakes: a new connection \
+         per request (`Connection: close`), full (client resumption off) or resumed (session tickets): req/s is connections/s, CPU per connection. \
          Ratios are medians of per-round pairs.\n\n## Closed loop (capacity)\n\n{}",
         chrono_free_date(),
         machine(),
@@ -748,6 +849,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     report.push_str(&chain_share);
+    for peer in [Peer::Edge, Peer::Nginx] {
+        let cpu = |workload| {
+            targets
+                .iter()
+                .position(|t| t.workload == workload && t.peer == peer)
+                .map(|i| summarize(&closed[i]).cpu_us)
+        };
+        for (version, full, resumed) in [
+            ("1.3", Workload::TlsFull, Workload::TlsResumed),
+            ("1.2", Workload::Tls12Full, Workload::Tls12Resumed),
+        ] {
+            if let (Some(full), Some(resumed)) = (cpu(full), cpu(resumed)) {
+                report.push_str(&format!(
+                    "\n{}, TLS {version}: a connection with a full handshake costs {full:.1} µs of CPU, with a resumed one {resumed:.1} µs ({:.2}x cheaper).\n",
+                    peer.title(),
+                    full / resumed
+                ));
+            }
+        }
+    }
 
     std::fs::create_dir_all(&args.out)?;
     let bars: Vec<Bar> = targets

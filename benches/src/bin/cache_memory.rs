@@ -91,6 +91,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         rate: None,
         headers: Vec::new(),
         mix: Vec::new(),
+        transport: load::Transport::KeepAlive,
     };
     println!(
         "filling {} distinct keys of {} B through the proxy, cache.max_bytes = {} MiB; RSS at start {:.0} MiB",
