@@ -187,10 +187,8 @@ impl Channel {
             }
             Channel::H2(sender, spec) => {
                 let scheme = if spec.tls.is_some() { "https" } else { "http" };
-                let mut request = http::Request::get(format!(
-                    "{scheme}://{}{}",
-                    spec.addr, spec.path_and_query
-                ));
+                let mut request =
+                    http::Request::get(format!("{scheme}://{}{}", spec.addr, spec.path_and_query));
                 for (name, value) in &spec.headers {
                     request = request.header(name.as_str(), value.as_str());
                 }

@@ -47,7 +47,11 @@ struct Args {
     /// Workloads to run (comma-separated): hit, fetch, mix, https (HTTPS hits over HTTP/1.1
     /// keep-alive), h2 (HTTPS hits over HTTP/2), handshakes (a new TLS connection per request,
     /// full and resumed).
-    #[arg(long, value_delimiter = ',', default_value = "hit,fetch,mix,https,h2,handshakes")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "hit,fetch,mix,https,h2,handshakes"
+    )]
     workloads: Vec<String>,
     /// Where the Markdown report and the SVG chart go.
     #[arg(long, default_value = "target/bench-report")]
@@ -284,37 +288,38 @@ async fn start_servers(
     let core = args.server_core;
     let dir_s = dir.display().to_string();
     // The origin's certificate (ECDSA P-256, from its test CA) for both HTTPS listeners.
-    let (cert, key) = (ca.with_file_name("server.pem"), ca.with_file_name("server.key"));
-    let start_edge = |name: &str,
-                      plugins: &str,
-                      tls_listen: SocketAddr|
-     -> anyhow::Result<(Server, PathBuf)> {
-        let listen = free_addr()?;
-        let yaml = peers::render(
-            "edge.yaml",
-            &[
-                ("dir", dir_s.clone()),
-                ("name", name.to_string()),
-                ("listen", listen.to_string()),
-                ("admin", free_addr()?.to_string()),
-                ("origin", origin.to_string()),
-                ("ca", ca.display().to_string()),
-                ("plugins", plugins.to_string()),
-                ("plugin_dir", plugin_dir.display().to_string()),
-                ("tls_listen", tls_listen.to_string()),
-                ("cert", cert.display().to_string()),
-                ("key", key.display().to_string()),
-            ],
-        )?;
-        let config = dir.join(format!("{name}.yaml"));
-        std::fs::write(&config, yaml)?;
-        let log = dir.join(format!("{name}.log"));
-        let args = ["run".to_string(), "-c".into(), config.display().to_string()];
-        Ok((
-            Server::spawn_pinned(name, listen, core, &edge_bin, &args, &log)?,
-            log,
-        ))
-    };
+    let (cert, key) = (
+        ca.with_file_name("server.pem"),
+        ca.with_file_name("server.key"),
+    );
+    let start_edge =
+        |name: &str, plugins: &str, tls_listen: SocketAddr| -> anyhow::Result<(Server, PathBuf)> {
+            let listen = free_addr()?;
+            let yaml = peers::render(
+                "edge.yaml",
+                &[
+                    ("dir", dir_s.clone()),
+                    ("name", name.to_string()),
+                    ("listen", listen.to_string()),
+                    ("admin", free_addr()?.to_string()),
+                    ("origin", origin.to_string()),
+                    ("ca", ca.display().to_string()),
+                    ("plugins", plugins.to_string()),
+                    ("plugin_dir", plugin_dir.display().to_string()),
+                    ("tls_listen", tls_listen.to_string()),
+                    ("cert", cert.display().to_string()),
+                    ("key", key.display().to_string()),
+                ],
+            )?;
+            let config = dir.join(format!("{name}.yaml"));
+            std::fs::write(&config, yaml)?;
+            let log = dir.join(format!("{name}.log"));
+            let args = ["run".to_string(), "-c".into(), config.display().to_string()];
+            Ok((
+                Server::spawn_pinned(name, listen, core, &edge_bin, &args, &log)?,
+                log,
+            ))
+        };
     let edge_tls = free_addr()?;
     let (mut edge, edge_log) = start_edge("edge", "[]", edge_tls)?;
     let (mut edge_chain, chain_log) = start_edge("edge-chain", "[shop-edge]", free_addr()?)?;
