@@ -56,16 +56,19 @@ enum Command {
 }
 
 /// Prints that the proxy listens once its data-plane port really does (every plugin loaded
-/// before the server starts binding), so whoever waits for the line can send at once.
-fn announce_when_listening(listen: std::net::SocketAddr, admin: std::net::SocketAddr) {
+/// before the server starts binding), so whoever waits for the line can send at once; every
+/// listener is named with its scheme.
+fn announce_when_listening(
+    listen: std::net::SocketAddr,
+    listeners: String,
+    admin: std::net::SocketAddr,
+) {
     let pid = std::process::id();
     let spawned = std::thread::Builder::new()
         .name("announce".into())
         .spawn(move || {
             if edge_proxy::listening::wait_for_tcp(listen, std::time::Duration::from_secs(60)) {
-                println!(
-                    "edge-proxy (pid {pid}) listening on http://{listen} (admin http://{admin})"
-                );
+                println!("edge-proxy (pid {pid}) listening on {listeners} (admin http://{admin})");
             } else {
                 eprintln!("edge-proxy (pid {pid}): not listening on {listen} after 60 s");
             }
@@ -197,6 +200,15 @@ fn main() -> ExitCode {
                 let upgrade_sock = PathBuf::from(&cfg.server.upgrade_sock);
                 let upgrade_timeout = cfg.server.upgrade_timeout;
                 let (listen, admin) = (cfg.listen, cfg.admin_listen);
+                let listeners = cfg
+                    .listeners
+                    .iter()
+                    .map(|l| {
+                        let scheme = if l.tls.is_some() { "https" } else { "http" };
+                        format!("{scheme}://{}", l.address)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 let options = edge_proxy::BuildOptions {
                     upgrade,
                     source: Some(config.clone()),
@@ -218,7 +230,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
                 let server = built.server;
-                announce_when_listening(listen, admin);
+                announce_when_listening(listen, listeners, admin);
                 let signals =
                     edge_proxy::StopSignals::unix(upgrade_sock, upgrade_timeout, draining);
                 server.run(RunArgs {
