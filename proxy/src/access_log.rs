@@ -328,9 +328,7 @@ mod tests {
     fn a_tls_line_names_the_version_and_the_client_certificate_subject() {
         let tls = crate::tls::client::ClientTls {
             version: "TLSv1.3",
-            cipher: "TLS13_AES_128_GCM_SHA256",
             server_name: Some("shop.example".into()),
-            alpn: Some("h2".into()),
             resumed: false,
             peer_subject: Some("CN=cdn \"pull\",O=CDN".into()),
         };

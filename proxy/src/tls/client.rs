@@ -1,5 +1,5 @@
 //! What the proxy knows about a client's TLS connection once the handshake is done (version,
-//! SNI, ALPN, resumption, the verified client certificate's subject), and where a request finds
+//! SNI, resumption, the verified client certificate's subject), and where a request finds
 //! it: a table keyed by the connection's addresses. Pingora hands requests (HTTP/2 streams
 //! especially) only the connection's socket and TLS digests, which have no room for our facts;
 //! the table is written once per connection and read once per request on TLS connections only.
@@ -15,11 +15,8 @@ use pingora::protocols::Digest;
 pub struct ClientTls {
     /// `TLSv1.2` or `TLSv1.3`, as Envoy's `connection.tls_version` says it.
     pub version: &'static str,
-    pub cipher: &'static str,
     /// The name the client asked for (SNI).
     pub server_name: Option<String>,
-    /// The negotiated ALPN protocol (`h2`, `http/1.1`).
-    pub alpn: Option<String>,
     /// The session was resumed (ticket or session id), not fully negotiated.
     pub resumed: bool,
     /// The subject of the client certificate, verified against the listener's CA (RFC 2253).
@@ -36,14 +33,7 @@ impl ClientTls {
         };
         Self {
             version,
-            cipher: connection
-                .negotiated_cipher_suite()
-                .and_then(|suite| suite.suite().as_str())
-                .unwrap_or("unknown"),
             server_name: connection.server_name().map(str::to_string),
-            alpn: connection
-                .alpn_protocol()
-                .map(|p| String::from_utf8_lossy(p).into_owned()),
             resumed: connection.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             peer_subject: connection
                 .peer_certificates()
@@ -142,9 +132,7 @@ mod tests {
     fn tls(subject: &str) -> Arc<ClientTls> {
         Arc::new(ClientTls {
             version: "TLSv1.3",
-            cipher: "TLS13_AES_128_GCM_SHA256",
             server_name: None,
-            alpn: None,
             resumed: false,
             peer_subject: Some(subject.into()),
         })

@@ -19,7 +19,9 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{catalog_upstream, free_port, metric_at, plugin_wasm, Origin};
+use crate::common::{
+    catalog_upstream, eventually_metric_at, free_port, metric_at, plugin_wasm, Origin,
+};
 
 /// A CA that signs server and client certificates into a folder.
 struct Pki {
@@ -251,15 +253,14 @@ impl TlsProxy {
     /// Waits (up to 5 s) for a series to reach `expected`: the proxy counts a handshake after
     /// the client has seen its outcome.
     async fn eventually(&self, series: &str, expected: f64) -> f64 {
-        let mut value = self.metric(series).await;
-        for _ in 0..500 {
-            if value >= expected {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            value = self.metric(series).await;
-        }
-        value
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        eventually_metric_at(
+            &http,
+            &format!("http://{}/metrics", self.admin),
+            series,
+            expected,
+        )
+        .await
     }
 
     async fn stop(mut self) {
@@ -773,6 +774,27 @@ async fn read_one_response(stream: &mut ClientStream) {
     }
 }
 
+/// The problems of a config that must be refused, as `path: problem`.
+fn refusal(yaml: &str, dir: &Path) -> Vec<String> {
+    let Err(edge_proxy::config::ConfigError::Invalid(problems)) =
+        edge_proxy::config::from_yaml(yaml, dir)
+    else {
+        panic!("the config must be refused");
+    };
+    problems
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.problem))
+        .collect()
+}
+
+fn has_problem(text: &[String], path: &str, words: &str) {
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with(path) && t.contains(words)),
+        "no `{path}` problem with `{words}` in {text:#?}"
+    );
+}
+
 /// Bad TLS settings are config errors naming their key: an expired certificate, a key of
 /// another certificate, an unknown ALPN protocol, TLS 1.1, a short ticket key file.
 #[test]
@@ -799,41 +821,13 @@ fn bad_tls_settings_are_config_errors_with_their_key_path() {
         gc = good_chain.display(),
         gk = good_key.display(),
     );
-    let Err(edge_proxy::config::ConfigError::Invalid(problems)) =
-        edge_proxy::config::from_yaml(&yaml, dir.path())
-    else {
-        panic!("the config must be refused");
-    };
-    let text: Vec<String> = problems
-        .iter()
-        .map(|p| format!("{}: {}", p.path, p.problem))
-        .collect();
-    let has = |path: &str, words: &str| {
-        assert!(
-            text.iter()
-                .any(|t| t.starts_with(path) && t.contains(words)),
-            "no `{path}` problem with `{words}` in {text:#?}"
-        );
-    };
+    let text = refusal(&yaml, dir.path());
+    let has = |path: &str, words: &str| has_problem(&text, path, words);
     has("listeners[2].tls.min_version", "1.1");
     // The parse error stops at the first bad value; fix it and the rest are reported together.
     let yaml = yaml.replace("min_version: 1.1", "min_version: 1.3");
-    let Err(edge_proxy::config::ConfigError::Invalid(problems)) =
-        edge_proxy::config::from_yaml(&yaml, dir.path())
-    else {
-        panic!("the config must be refused");
-    };
-    let text: Vec<String> = problems
-        .iter()
-        .map(|p| format!("{}: {}", p.path, p.problem))
-        .collect();
-    let has = |path: &str, words: &str| {
-        assert!(
-            text.iter()
-                .any(|t| t.starts_with(path) && t.contains(words)),
-            "no `{path}` problem with `{words}` in {text:#?}"
-        );
-    };
+    let text = refusal(&yaml, dir.path());
+    let has = |path: &str, words: &str| has_problem(&text, path, words);
     has("listeners[0].tls.certificates[0]", "expired");
     has("listeners[0].tls.alpn[1]", "spdy/3");
     has("listeners[1].tls.certificates[0]", "does not belong");

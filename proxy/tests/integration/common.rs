@@ -95,6 +95,24 @@ pub async fn metric_at(http: &reqwest::Client, url: &str, series: &str) -> f64 {
     read_metric(&text, series)
 }
 
+/// Polls `url`'s series every 10 ms, up to 5 s, until it reaches `expected`; the last value.
+pub async fn eventually_metric_at(
+    http: &reqwest::Client,
+    url: &str,
+    series: &str,
+    expected: f64,
+) -> f64 {
+    let mut value = metric_at(http, url, series).await;
+    for _ in 0..500 {
+        if value >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        value = metric_at(http, url, series).await;
+    }
+    value
+}
+
 pub fn read_metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| {
@@ -362,15 +380,8 @@ impl Proxy {
     /// Waits (up to 5 s) until a series reaches `expected`: the `logging` phase that counts a
     /// request runs after its response has reached the client. Returns the last value read.
     pub async fn eventually_metric(&self, series: &str, expected: f64) -> f64 {
-        let mut value = self.metric(series).await;
-        for _ in 0..500 {
-            if value >= expected {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            value = self.metric(series).await;
-        }
-        value
+        let url = format!("{}/metrics", self.admin);
+        eventually_metric_at(&self.http, &url, series, expected).await
     }
 
     /// The admin listener's `/metrics` text.
