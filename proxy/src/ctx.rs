@@ -31,6 +31,8 @@ pub struct RequestCtx {
     pub refusal: Option<crate::framing::Refusal>,
     /// The client's TLS connection (`None`: plain HTTP).
     pub tls: Option<Arc<crate::tls::client::ClientTls>>,
+    /// A cached body's latest chunk, held back over HTTP/2 until its end is known.
+    pub held_tail: crate::cache::tail::HeldTail,
 }
 
 impl RequestCtx {
@@ -48,6 +50,7 @@ impl RequestCtx {
             refusal: None,
             upstream_sent: None,
             tls: None,
+            held_tail: Default::default(),
         }
     }
 

@@ -437,19 +437,21 @@ impl ProxyHttp for EdgeProxy {
             *body = end_of_stream.then(|| replacement.clone());
             return Ok(None);
         }
-        let Some(chain) = ctx.chain.as_mut() else {
-            return Ok(None);
-        };
-        // Here an empty chunk would end a chunked body: hold back with `None`.
-        match chain.response_body(
-            &ctx.generation.plugins.host.plugins,
-            session.req_header_mut(),
-            body.take(),
-            end_of_stream,
-        ) {
-            Ok(BodyStep::Forward(bytes)) => *body = (!bytes.is_empty()).then_some(bytes),
-            Ok(BodyStep::Hold) => *body = None,
-            Err(answer) => return answers::end_in_body_phase(ctx, answer),
+        if let Some(chain) = ctx.chain.as_mut() {
+            // Here an empty chunk would end a chunked body: hold back with `None`.
+            match chain.response_body(
+                &ctx.generation.plugins.host.plugins,
+                session.req_header_mut(),
+                body.take(),
+                end_of_stream,
+            ) {
+                Ok(BodyStep::Forward(bytes)) => *body = (!bytes.is_empty()).then_some(bytes),
+                Ok(BodyStep::Hold) => *body = None,
+                Err(answer) => return answers::end_in_body_phase(ctx, answer),
+            }
+        }
+        if session.is_http2() && cache::tail::served_from_cache(session.cache.phase()) {
+            ctx.held_tail.pass(body, end_of_stream);
         }
         Ok(None)
     }

@@ -1,9 +1,11 @@
 //! The edge cache. `storage.rs`: pingora-cache `Storage` backed by moka, bounded by bytes, with a
-//! category tag index for purges. (Cache key, policy and purge endpoint: next steps of issue 5.)
+//! category tag index for purges. `tail.rs`: a cached body's last chunk held back over HTTP/2 so the
+//! end of the stream rides on it.
 
 pub mod cacheability;
 pub mod key;
 pub mod storage;
+pub mod tail;
 
 /// The `X-Cache` value for where a response came from.
 pub fn x_cache(phase: pingora::cache::CachePhase) -> &'static str {
