@@ -51,7 +51,7 @@ mod tests {
     use super::*;
 
     fn step(tail: &mut HeldTail, chunk: Option<&'static str>, end: bool) -> Option<Bytes> {
-        let mut body = chunk.map(Bytes::from_static);
+        let mut body = chunk.map(|c| Bytes::from_static(c.as_bytes()));
         tail.pass(&mut body, end);
         body
     }
