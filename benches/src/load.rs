@@ -126,6 +126,22 @@ async fn open(spec: &LoadSpec) -> anyhow::Result<Box<dyn wire::Io>> {
     Ok(Box::new(tls))
 }
 
+/// The cipher suite a TLS target negotiates with this client (`None`: plain TCP).
+pub async fn negotiated_suite(spec: &LoadSpec) -> anyhow::Result<Option<String>> {
+    let Some(tls) = &spec.tls else {
+        return Ok(None);
+    };
+    let tcp = TcpStream::connect(spec.addr).await?;
+    let stream = TlsConnector::from(tls.clone())
+        .connect(spec.server_name.clone(), tcp)
+        .await?;
+    Ok(stream
+        .get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .map(|suite| format!("{:?}", suite.suite())))
+}
+
 /// A hyper client connection, for the requests whose bytes are checked.
 async fn connect(spec: &LoadSpec) -> anyhow::Result<Sender> {
     let (sender, connection) = http1::handshake(TokioIo::new(open(spec).await?)).await?;

@@ -46,7 +46,7 @@ struct Args {
     products: u32,
     /// Workloads to run (comma-separated): hit, fetch, mix, https (HTTPS hits over HTTP/1.1
     /// keep-alive), h2 (HTTPS hits over HTTP/2), handshakes (a new TLS connection per request,
-    /// full and resumed).
+    /// full and resumed; or one of them: tls13-full, tls13-resumed, tls12-full, tls12-resumed).
     #[arg(
         long,
         value_delimiter = ',',
@@ -107,6 +107,17 @@ impl Workload {
             | Workload::TlsResumed
             | Workload::Tls12Full
             | Workload::Tls12Resumed => "handshakes",
+        }
+    }
+
+    /// The `--workloads` name of this workload alone (handshake kinds one by one).
+    fn single_name(self) -> &'static str {
+        match self {
+            Workload::TlsFull => "tls13-full",
+            Workload::TlsResumed => "tls13-resumed",
+            Workload::Tls12Full => "tls12-full",
+            Workload::Tls12Resumed => "tls12-resumed",
+            other => other.name(),
         }
     }
 
@@ -556,6 +567,30 @@ fn table(targets: &[Target], measured: &[Vec<Round>]) -> String {
     out
 }
 
+/// The cipher suite every server of each TLS workload negotiates with the load client: the
+/// comparison holds only if they are the same ("TLS 1.3 full handshake: TLS13_AES_128_GCM_SHA256").
+async fn same_cipher_suites(targets: &[Target]) -> anyhow::Result<Vec<String>> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut seen: Vec<(Workload, String, &'static str)> = Vec::new();
+    for target in targets.iter().filter(|t| t.workload.tls()) {
+        let Some(suite) = load::negotiated_suite(&target.spec).await? else {
+            continue;
+        };
+        if let Some((_, other, peer)) = seen.iter().find(|(w, _, _)| *w == target.workload) {
+            anyhow::ensure!(
+                *other == suite,
+                "{}: {} negotiates {suite}, {peer} {other}: not the same cipher suite",
+                target.workload.title(),
+                target.peer.title()
+            );
+            continue;
+        }
+        lines.push(format!("{}: {suite}", target.workload.title()));
+        seen.push((target.workload, suite, target.peer.title()));
+    }
+    Ok(lines)
+}
+
 /// Checks every server answers the hit and fetch paths with the origin's bytes, then requests
 /// every path of the mix once through each, so the measured rounds start from a warm cache.
 async fn check_and_warm(
@@ -746,13 +781,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         target(Workload::Tls12Resumed, Peer::Edge)?,
         target(Workload::Tls12Resumed, Peer::Nginx)?,
     ];
-    let chosen = |w: Workload| args.workloads.iter().any(|x| x == w.name());
+    let chosen = |w: Workload| {
+        args.workloads
+            .iter()
+            .any(|x| x == w.name() || x == w.single_name())
+    };
     let targets: Vec<Target> = all.into_iter().filter(|t| chosen(t.workload)).collect();
     anyhow::ensure!(
         !targets.is_empty(),
-        "--workloads: choose among hit, fetch, mix, https, h2, handshakes"
+        "--workloads: choose among hit, fetch, mix, https, h2, handshakes (or tls13-full, tls13-resumed, tls12-full, tls12-resumed)"
     );
     check_and_warm(&targets, &origin_spec, &mix).await?;
+    let suites = same_cipher_suites(&targets).await?;
     let detail_share = mix.iter().filter(|p| !p.contains('?')).count() as f64 / mix.len() as f64;
     println!(
         "peers: servers on core {}, load client and origin on core {}; {} connections; {} rounds of {}s after {}s warm-up; mix of {} paths ({:.0}% product details, uncached; the rest listings of every page of every category, cached)",
@@ -770,7 +810,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
          HTTPS (edge-proxy without plugins, NGINX): the origin's ECDSA P-256 certificate on both, a rustls client (TLS 1.3), \
          the cache-hit path over keep-alive HTTP/1.1 and HTTP/2 (one stream in flight per connection); handshakes: a new connection \
          per request (`Connection: close`), full (client resumption off) or resumed (session tickets): req/s is connections/s, CPU per connection. \
-         Ratios are medians of per-round pairs.\n\n## Closed loop (capacity)\n\n{}",
+         Ratios are medians of per-round pairs.{}\n\n## Closed loop (capacity)\n\n{}",
         chrono_free_date(),
         machine(),
         version_of("nginx", "-v"),
@@ -784,6 +824,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.warmup,
         mix.len(),
         100.0 * detail_share,
+        if suites.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " Cipher suite negotiated, the same on every server (the server's order): {}.",
+                suites.join("; ")
+            )
+        },
         table(&targets, &closed),
     );
 

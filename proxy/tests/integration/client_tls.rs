@@ -526,9 +526,10 @@ async fn client_certificates_are_required_or_optional_and_plugins_see_the_subjec
     optional.stop().await;
 }
 
-/// `min_version: 1.3` refuses a TLS 1.2-only client; the default (1.2) serves it.
+/// `min_version: 1.3` refuses a TLS 1.2-only client; the default (1.2) serves it. Either way
+/// the server's cipher order decides (AES-128-GCM first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn min_version_refuses_older_clients() {
+async fn min_version_refuses_older_clients_and_the_server_orders_the_ciphers() {
     let origin = Origin::start(10, "").await;
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "shop");
@@ -546,6 +547,30 @@ async fn min_version_refuses_older_clients() {
     assert_eq!(
         stream.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    // The server's cipher order wins: AES-128-GCM, though rustls clients offer AES-256 first.
+    assert_eq!(
+        stream
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+    );
+    let stream = handshake(
+        default.https,
+        "shop.example",
+        client_config(&pki.ca_file, None, all_versions()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        stream
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
     );
     assert!(handshake(modern.https, "shop.example", tls12)
         .await
