@@ -18,7 +18,7 @@ help:
 	@echo "make run    - set up, build (release), run the origin (https://127.0.0.1:8443) and the proxy (http://127.0.0.1:8080)"
 	@echo "make test   - set up, then fmt check, clippy, config checks and every test"
 	@echo "make bench  - side-by-side load benchmarks (release build; minutes)"
-	@echo "make bench-peers - edge-proxy against NGINX and Varnish, pinned, HTTP and HTTPS (installs them; ~30 minutes)"
+	@echo "make bench-peers - edge-proxy against NGINX and Varnish, pinned, HTTP and HTTPS (installs them; ~20 minutes)"
 	@echo "make setup  - install what is missing: cmake (Debian), the wasm32-wasip1 target"
 	@echo "make plugins - build every plugin under plugins/ to wasm32-wasip1 (release)"
 	@echo "make fuzz   - the property tests (config loader, target normalisation, cache key, ABI maps, guest memory) with 200,000 cases each"
