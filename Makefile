@@ -19,7 +19,7 @@ help:
 	@echo "make test   - set up, then fmt check, clippy, config checks and every test"
 	@echo "make bench  - side-by-side load benchmarks (release build; minutes)"
 	@echo "make bench-peers - edge-proxy against NGINX and Varnish, pinned, HTTP and HTTPS (installs them; ~20 minutes)"
-	@echo "make setup  - install what is missing: cmake (Debian), the wasm32-wasip1 target"
+	@echo "make setup  - install what is missing: cmake, nodejs/npm, redis-server (Debian), the wasm32-wasip1 target"
 	@echo "make plugins - build every plugin under plugins/ to wasm32-wasip1 (release)"
 	@echo "make fuzz   - the property tests (config loader, target normalisation, cache key, ABI maps, guest memory) with 200,000 cases each"
 	@echo "make soak   - 10 minutes of the shipped config under a realistic mix with purges and reloads: errors, p99 and RSS per minute"
@@ -43,6 +43,11 @@ setup:
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
 	fi
 	@command -v npm >/dev/null || { echo "setup: npm is still missing" >&2; exit 1; }
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		echo "setup: installing redis-server (Debian package; several instances share rate limits and purges through it)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	fi
+	@command -v redis-server >/dev/null || { echo "setup: redis-server is still missing" >&2; exit 1; }
 
 # Plugins are their own cargo workspace (target wasm32-wasip1); the modules land in
 # plugins/target/wasm32-wasip1/release/*.wasm, where the configs point.

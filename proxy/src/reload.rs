@@ -213,6 +213,8 @@ pub fn restart_only_changes(running: &RuntimeConfig, file: &RuntimeConfig) -> Ve
         &running.downstream.h2,
         &file.downstream.h2,
     );
+    // The link to Redis is one per process, made at start.
+    changed(&mut out, "redis", &running.redis, &file.redis);
     changed(
         &mut out,
         "server.work_stealing",

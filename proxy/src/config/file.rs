@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub cache: CacheFile,
     pub plugins: Vec<PluginFile>,
     pub plugin_host: PluginHostFile,
+    /// The store shared by several instances (off unless set).
+    pub redis: Option<super::redis::RedisFile>,
 }
 
 impl Default for FileConfig {
@@ -43,6 +45,7 @@ impl Default for FileConfig {
             cache: CacheFile::default(),
             plugins: Vec::new(),
             plugin_host: PluginHostFile::default(),
+            redis: None,
         }
     }
 }

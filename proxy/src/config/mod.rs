@@ -4,6 +4,7 @@
 mod file;
 mod listeners;
 mod plugins;
+pub mod redis;
 mod runtime;
 mod validate;
 

@@ -98,6 +98,8 @@ pub struct RuntimeConfig {
     /// Every configured plugin; routes refer to them by index.
     pub plugins: Vec<PluginSpec>,
     pub plugin_host: HostSettings,
+    /// The store shared with other instances (`None`: this instance is on its own).
+    pub redis: Option<super::redis::RedisSettings>,
 }
 
 impl RuntimeConfig {

@@ -137,6 +137,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
     let listeners =
         super::listeners::listeners(file.listen.as_deref(), &file.listeners, base, &mut problems);
     let listen = listeners.first().map(|l| l.address);
+    let redis = super::redis::redis(file.redis.as_ref(), base, &mut problems);
     let admin = problems.socket_addr("admin.listen", &file.admin.listen);
     if let Some(admin) = admin {
         if !admin.ip().is_loopback() {
@@ -367,6 +368,7 @@ pub(super) fn validate(file: &FileConfig, base: &Path) -> Result<RuntimeConfig, 
             router: Router::new(routes),
             plugins,
             plugin_host,
+            redis,
         }),
         _ => Err(problems.into_vec()),
     }
