@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admin;
 pub mod answers;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod ctx;

@@ -55,6 +55,13 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// Reloads by result (`applied`, `invalid`, `plugin_failed`).
     pub config_reloads: IntCounterVec,
+    /// 1 while this instance reaches Redis (its cluster view is live), 0 while cluster rules
+    /// run on local limits; instances last seen alive; Redis commands sent, by kind.
+    pub cluster_connected: IntGauge,
+    pub cluster_instances: IntGauge,
+    pub cluster_redis_commands: IntCounterVec,
+    /// Cluster-rule decisions by how they were made (`lease`, `debt`, `refused`, `local`).
+    pub cluster_rate_limit_decisions: IntCounterVec,
 }
 
 /// Static metric definitions are startup invariants: a bad one fails every test run at once.
@@ -153,6 +160,10 @@ impl Metrics {
             downstream_accept_pauses: register(&r, IntCounter::new("edge_downstream_accept_pauses_total", "Times accepting new client connections paused because downstream.max_connections were open.").expect("valid counter definition")),
             config_generation: register(&r, IntGauge::new("edge_config_generation", "Configuration generation serving new requests: 1 at start, +1 per applied reload.").expect("valid gauge definition")),
             config_reloads: register(&r, counter_vec("edge_config_reloads_total", "Reloads by result: applied, invalid (the file has problems), plugin_failed (a plugin did not start).", &["result"])),
+            cluster_connected: register(&r, IntGauge::new("edge_cluster_connected", "1 while this instance reaches Redis (cluster rules enforced cluster-wide), 0 while they run on local limits.").expect("valid gauge definition")),
+            cluster_instances: register(&r, IntGauge::new("edge_cluster_instances", "Instances seen alive through Redis (this one included) at the last sync.").expect("valid gauge definition")),
+            cluster_redis_commands: register(&r, counter_vec("edge_cluster_redis_commands_total", "Redis commands sent, by kind (lease, heartbeat) and result (ok, error).", &["kind", "result"])),
+            cluster_rate_limit_decisions: register(&r, counter_vec("edge_cluster_rate_limit_decisions_total", "Cluster-rule decisions: lease (a token leased from Redis), debt (before the first lease; charged at the next sync), refused, local (Redis away: local limits).", &["decision"])),
             registry: r,
         }
     }
