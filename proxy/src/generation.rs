@@ -10,6 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use pingora::server::configuration::ServerConf;
 
+use crate::cluster::Cluster;
 use crate::config::RuntimeConfig;
 use crate::metrics::Metrics;
 use crate::plugin::callout::Callouts;
@@ -29,6 +30,9 @@ pub struct ListenerTls {
 #[derive(Debug)]
 pub struct Plugins {
     pub host: PluginHost,
+    /// The link to the other instances (`redis:`), one per process: handed from generation
+    /// to generation.
+    pub cluster: Option<Arc<Cluster>>,
     pub callouts: Arc<Callouts>,
     /// Delivers `on_tick`; stopped when the generation is replaced.
     pub ticker: Ticker,
@@ -61,11 +65,23 @@ impl Generation {
         server_conf: &ServerConf,
         previous: Option<&Generation>,
     ) -> Result<Self, PluginError> {
+        let cluster = match previous {
+            Some(previous) => previous.plugins.cluster.clone(),
+            None => match &config.redis {
+                Some(redis) => {
+                    Some(Cluster::start(redis.clone(), metrics.clone()).map_err(|e| {
+                        PluginError::Engine(format!("starting the cluster sync thread: {e}"))
+                    })?)
+                }
+                None => None,
+            },
+        };
         let host = PluginHost::start_after(
             &config.plugins,
             &config.plugin_host,
             metrics,
             previous.map(|p| &p.plugins.host),
+            cluster.clone(),
         )?;
         let callouts = Arc::new(match previous {
             Some(p) => p.plugins.callouts.with_upstreams(config.upstreams.clone()),
@@ -81,6 +97,7 @@ impl Generation {
             config,
             plugins: Plugins {
                 host,
+                cluster,
                 callouts,
                 ticker,
             },

@@ -36,6 +36,19 @@ struct RawRule {
     query: BTreeMap<String, String>,
     rate_per_second: f64,
     burst: u64,
+    /// `local` (this instance's shared data) or `cluster` (every instance sharing the host's
+    /// Redis: the host's `edge.cluster_rate_limit`; local where the host lacks it).
+    #[serde(default)]
+    scope: Scope,
+}
+
+/// Where a rule's buckets live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    Local,
+    Cluster,
 }
 
 fn default_prefix() -> String {
@@ -54,6 +67,8 @@ pub struct Rule {
     pub path_prefix: String,
     pub query: Vec<(String, String)>,
     pub limit: Limit,
+    pub rate_per_second: f64,
+    pub scope: Scope,
 }
 
 impl Rule {
@@ -106,6 +121,8 @@ impl Settings {
                 path_prefix: rule.path_prefix,
                 query: rule.query.into_iter().collect(),
                 limit,
+                rate_per_second: rule.rate_per_second,
+                scope: rule.scope,
             });
         }
         Ok(Self {
@@ -150,6 +167,23 @@ mod tests {
         let tee = s.rule_for("/api/v1/products", "category=tee");
         assert_eq!(tee.unwrap().name, "api");
         assert!(s.rule_for("/healthz", "").is_none());
+    }
+
+    #[test]
+    fn rules_are_local_unless_said_cluster() {
+        let s = Settings::parse(
+            br#"{"rules":[
+                {"name":"a","path_prefix":"/a","rate_per_second":1,"burst":2},
+                {"name":"b","path_prefix":"/b","rate_per_second":1,"burst":2,"scope":"cluster"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.rules[0].scope, Scope::Local);
+        assert_eq!(s.rules[1].scope, Scope::Cluster);
+        assert!(Settings::parse(
+            br#"{"rules":[{"name":"a","rate_per_second":1,"burst":2,"scope":"global"}]}"#
+        )
+        .unwrap_err()
+        .contains("expected `local` or `cluster`"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use proxy_wasm::types::{MapType, Status};
 
 use crate::bucket::{self, Limit, Verdict};
 use crate::client_key::push_client_key;
-use crate::config::{Rule, Settings};
+use crate::config::{Rule, Scope, Settings};
 
 /// The `RateLimit-*` values for the response of an allowed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,14 @@ impl RateLimiter {
         key.push_str(&rule.name);
         key.push('/');
         push_client_key(&mut key, client_id, trusted.as_deref(), source.as_deref());
-        let Some(verdict) = self.take(&key, rule.limit, now_ns) else {
+        let verdict = match rule.scope {
+            Scope::Cluster => match cluster_take(&key, rule) {
+                Some(verdict) => Some(verdict),
+                None => self.take(&key, rule.limit, now_ns),
+            },
+            Scope::Local => self.take(&key, rule.limit, now_ns),
+        };
+        let Some(verdict) = verdict else {
             return Limited::Unlimited;
         };
         if verdict.allowed {
@@ -128,6 +135,50 @@ impl RateLimiter {
             let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
         }
     }
+}
+
+/// The host's cluster-wide bucket (`edge.cluster_rate_limit`, answered from its memory);
+/// `None` where the host does not offer it (another host, or no `redis:`): the rule then
+/// runs on this instance's shared data, said once per VM in the log.
+fn cluster_take(key: &str, rule: &Rule) -> Option<Verdict> {
+    let mut args = Vec::with_capacity(16 + key.len());
+    args.extend_from_slice(&rule.rate_per_second.to_le_bytes());
+    args.extend_from_slice(&rule.limit.burst.to_le_bytes());
+    args.extend_from_slice(key.as_bytes());
+    match hostcalls::call_foreign_function(CLUSTER_RATE_LIMIT, Some(&args)) {
+        Ok(Some(answer)) if answer.len() == 25 => {
+            let word = |i: usize| {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&answer[1 + 8 * i..9 + 8 * i]);
+                u64::from_le_bytes(bytes)
+            };
+            Some(Verdict {
+                allowed: answer[0] == 1,
+                tat_ns: 0,
+                remaining: word(0),
+                reset_seconds: word(1),
+                retry_after_seconds: word(2).max(u64::from(answer[0] != 1)),
+            })
+        }
+        other => {
+            CLUSTER_MISSING_LOGGED.with(|logged| {
+                if !logged.replace(true) {
+                    log::warn!(
+                        "rate-limit: rule `{}` has scope cluster but the host answered {other:?} to {CLUSTER_RATE_LIMIT}; enforcing it on this instance only",
+                        rule.name
+                    );
+                }
+            });
+            None
+        }
+    }
+}
+
+/// The host function behind `scope: cluster`.
+const CLUSTER_RATE_LIMIT: &str = "edge.cluster_rate_limit";
+
+thread_local! {
+    static CLUSTER_MISSING_LOGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The 429 (the cold path: formatting is fine here).

@@ -229,17 +229,18 @@ impl PluginHost {
         settings: &HostSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PluginError> {
-        Self::start_after(specs, settings, metrics, None)
+        Self::start_after(specs, settings, metrics, None, None)
     }
 
     /// As [`Self::start`]; with `previous` (a reload), the new plugins keep the shared data
     /// (rate-limit buckets survive a reload; its bounds take the new settings) and the metric
-    /// series of the host they replace.
+    /// series of the host they replace. `cluster`: this process's link to the other instances.
     pub fn start_after(
         specs: &[PluginSpec],
         settings: &HostSettings,
         metrics: Arc<Metrics>,
         previous: Option<&PluginHost>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Result<Self, PluginError> {
         let vms: usize = specs.iter().map(|s| s.vms).sum();
         let pool = PoolSize {
@@ -318,6 +319,7 @@ impl PluginHost {
                 allowed_upstreams: spec.allowed_upstreams.clone(),
                 shared_data: shared_data.clone(),
                 stats: stats.clone(),
+                cluster: cluster.clone(),
             });
             let plugin = RunningPlugin {
                 spec: spec.clone(),

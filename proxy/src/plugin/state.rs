@@ -23,6 +23,8 @@ pub struct PluginShared {
     pub allowed_upstreams: Vec<String>,
     pub shared_data: Arc<SharedData>,
     pub stats: Arc<PluginStats>,
+    /// Cluster-wide rate limits (`edge.cluster_rate_limit`), when `redis:` is configured.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// A response a plugin asked the host to send instead of proxying.

@@ -11,6 +11,7 @@ mod auth_plugin;
 mod cache;
 mod cli;
 mod client_tls;
+mod cluster;
 mod common;
 mod downstream;
 mod hygiene;

@@ -5,6 +5,7 @@
 
 mod buffers;
 mod context;
+mod foreign;
 mod headers;
 mod http_call;
 mod logging;
@@ -85,6 +86,7 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<Vec<(&'static st
     stream::link(&mut r)?;
     http_call::link(&mut r)?;
     shared_data::link(&mut r)?;
+    foreign::link(&mut r)?;
     metrics::link(&mut r)?;
     unsupported::link(&mut r)?;
     wasi::link(&mut r)?;

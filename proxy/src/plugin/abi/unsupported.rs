@@ -8,7 +8,6 @@
 //! | `proxy_register_shared_queue` | Ok with an id no queue answers to |
 //! | `proxy_resolve_shared_queue` | NotFound (1) |
 //! | `proxy_enqueue_shared_queue`, `proxy_dequeue_shared_queue` | NotFound (1) |
-//! | `proxy_call_foreign_function` | NotFound (1) |
 //! | `proxy_get_status` | Ok, code 2 (UNKNOWN), empty message |
 
 use wasmtime::Caller;
@@ -96,17 +95,6 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
         |_c: Caller<'_, HostState>, _id: u32, _data_out: u32, _size_out: u32| -> u32 {
             status::NOT_FOUND
         },
-    )?;
-    r.env(
-        "proxy_call_foreign_function",
-        |_c: Caller<'_, HostState>,
-         _name: u32,
-         _len: u32,
-         _args: u32,
-         _args_len: u32,
-         _out: u32,
-         _out_len: u32|
-         -> u32 { status::NOT_FOUND },
     )?;
     r.env(
         "proxy_get_status",

@@ -1,0 +1,101 @@
+//! `proxy_call_foreign_function`: host functions beyond the ABI, by name. Plugins call them
+//! through their SDK (`call_foreign_function` in Rust and AssemblyScript); a host that lacks
+//! one answers NotFound (1), which plugins treat as "not offered here" (Envoy, or no `redis:`).
+//!
+//! | name | arguments | result |
+//! |---|---|---|
+//! | `edge.cluster_rate_limit` | rate per second (f64 LE), burst (u64 LE), bucket key (UTF-8) | allowed (u8), remaining, reset seconds, retry-after seconds (u64 LE each): 25 bytes |
+//!
+//! `edge.cluster_rate_limit` takes a token from a cluster-wide bucket (`cluster/leases.rs`):
+//! answered from memory, never waiting on Redis. Any other name: NotFound.
+
+use wasmtime::Caller;
+
+use super::{status, Registrar};
+use crate::cluster::leases::Limit;
+use crate::plugin::memory;
+use crate::plugin::state::HostState;
+
+pub const CLUSTER_RATE_LIMIT: &str = "edge.cluster_rate_limit";
+
+/// The arguments of `edge.cluster_rate_limit`: `None` when malformed.
+pub fn parse_rate_limit_args(args: &[u8]) -> Option<(Limit, &str)> {
+    let rate = f64::from_le_bytes(args.get(..8)?.try_into().ok()?);
+    let burst = u64::from_le_bytes(args.get(8..16)?.try_into().ok()?);
+    let key = std::str::from_utf8(args.get(16..)?).ok()?;
+    (rate.is_finite() && rate > 0.0 && burst > 0 && !key.is_empty()).then_some((
+        Limit {
+            rate_per_second: rate,
+            burst,
+        },
+        key,
+    ))
+}
+
+pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
+    r.env(
+        "proxy_call_foreign_function",
+        |mut caller: Caller<'_, HostState>,
+         name: u32,
+         name_len: u32,
+         args: u32,
+         args_len: u32,
+         out: u32,
+         out_len: u32|
+         -> wasmtime::Result<u32> {
+            let name = memory::read_string(&caller, name, name_len)?;
+            if name != CLUSTER_RATE_LIMIT {
+                return Ok(status::NOT_FOUND);
+            }
+            let Some(cluster) = caller.data().plugin.cluster.clone() else {
+                return Ok(status::NOT_FOUND);
+            };
+            let args = memory::read(&caller, args, args_len)?;
+            let Some((limit, key)) = parse_rate_limit_args(&args) else {
+                return Ok(status::BAD_ARGUMENT);
+            };
+            let verdict = cluster.take(key, limit);
+            let mut answer = Vec::with_capacity(25);
+            answer.push(u8::from(verdict.allowed));
+            for value in [
+                verdict.remaining,
+                verdict.reset_seconds,
+                verdict.retry_after_seconds,
+            ] {
+                answer.extend_from_slice(&value.to_le_bytes());
+            }
+            memory::give(&mut caller, &answer, out, out_len)?;
+            Ok(status::OK)
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(rate: f64, burst: u64, key: &str) -> Vec<u8> {
+        let mut out = rate.to_le_bytes().to_vec();
+        out.extend_from_slice(&burst.to_le_bytes());
+        out.extend_from_slice(key.as_bytes());
+        out
+    }
+
+    #[test]
+    fn arguments_are_checked() {
+        let (limit, key) = parse_rate_limit_args(&args(100.0, 50, "api/1.2.3.4")).unwrap();
+        assert_eq!(
+            (limit.rate_per_second, limit.burst, key),
+            (100.0, 50, "api/1.2.3.4")
+        );
+        for bad in [
+            args(0.0, 50, "k"),
+            args(f64::NAN, 50, "k"),
+            args(1.0, 0, "k"),
+            args(1.0, 1, ""),
+            vec![1, 2, 3],
+        ] {
+            assert!(parse_rate_limit_args(&bad).is_none(), "{bad:?}");
+        }
+    }
+}

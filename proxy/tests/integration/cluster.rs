@@ -1,0 +1,215 @@
+//! Several instances as one through a real `redis-server` (started here on an ephemeral
+//! loopback port, persistence off, stopped after): a `scope: cluster` rate-limit rule across
+//! three proxies allows what one bucket allows; with Redis killed mid-run, requests keep
+//! flowing on local limits (no 5xx, `edge_cluster_connected` 0), and the cluster view comes
+//! back by itself when Redis does.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{free_port, plugin_wasm, proxy_yaml, start_counting_echo, Proxy};
+
+/// A `redis-server` child process on a loopback port, killed on drop.
+pub struct RedisServer {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by `make setup`)");
+        let server = Self {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if server.ping().await {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server did not answer on {}", server.addr);
+    }
+
+    async fn ping(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(self.addr).await else {
+            return false;
+        };
+        let mut answer = [0u8; 7];
+        tcp.write_all(b"PING\r\n").await.is_ok()
+            && tcp.read_exact(&mut answer).await.is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A proxy in front of `echo` whose `/echo/` route runs the rate-limit plugin with one
+/// cluster rule, syncing with `redis` every 100 ms.
+fn instance(echo: SocketAddr, redis: SocketAddr, rate: f64, burst: u64) -> Proxy {
+    Proxy::start(|dir| {
+        format!(
+            "{}redis: {{ addresses: [{redis}], sync_interval: 100ms, on_unavailable: local_share }}\n\
+             plugins:\n  - name: limit\n    module: {wasm}\n    config:\n      rules:\n        \
+             - {{ name: shared, path_prefix: /echo/, rate_per_second: {rate}, burst: {burst}, scope: cluster }}\n",
+            proxy_yaml(
+                dir,
+                &format!("  echo:\n    addresses: [{echo}]\n"),
+                "  - { name: echo, path_prefix: /echo/, upstream: echo, plugins: [limit] }",
+            ),
+            wasm = plugin_wasm("rate_limit").display(),
+        )
+    })
+}
+
+/// Sends `per_second` requests a second to each proxy for `span`; counts by status class
+/// (2xx, 429, 5xx or failed), and the time from the first request to the last.
+async fn load(proxies: &[Proxy], per_second: u64, span: Duration) -> (u64, u64, u64, Duration) {
+    let tick = Duration::from_millis(50);
+    let per_tick = (per_second as f64 * tick.as_secs_f64()).round() as u64;
+    let started = Instant::now();
+    let (mut ok, mut limited, mut failed) = (0, 0, 0);
+    let mut next = started;
+    while started.elapsed() < span {
+        let requests = proxies.iter().flat_map(|p| {
+            (0..per_tick).map(move |_| async move {
+                match p.http.get(p.url("/echo/item")).send().await {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                }
+            })
+        });
+        for status in futures::future::join_all(requests).await {
+            match status {
+                200..=299 => ok += 1,
+                429 => limited += 1,
+                _ => failed += 1,
+            }
+        }
+        next += tick;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    (ok, limited, failed, started.elapsed())
+}
+
+/// Waits (up to 5 s) until every proxy's `edge_cluster_connected` is `connected`.
+async fn all_connected(proxies: &[Proxy], connected: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for p in proxies {
+        loop {
+            let value = p.metric("edge_cluster_connected").await;
+            if value == connected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "edge_cluster_connected stayed {value}, not {connected}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Three instances, one cluster rule of 40 req/s with a burst of 20, each instance offered
+/// 60 req/s: together they allow what one bucket allows (burst + rate x time, within 10%),
+/// where three local buckets would allow three times that. Then Redis dies: no 5xx, local
+/// limits (each instance a third of the rule); Redis comes back: the cluster view too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_rule_holds_across_three_instances_and_survives_redis_going_away() {
+    let mut redis = RedisServer::start().await;
+    let echo = start_counting_echo().await;
+    let (rate, burst) = (40.0, 20);
+    let proxies: Vec<Proxy> = (0..3)
+        .map(|_| instance(echo.addr, redis.addr, rate, burst))
+        .collect();
+    all_connected(&proxies, 1.0).await;
+    for p in &proxies {
+        assert_eq!(
+            p.eventually_metric("edge_cluster_instances", 3.0).await,
+            3.0
+        );
+    }
+
+    let (ok, limited, failed, took) = load(&proxies, 60, Duration::from_secs(4)).await;
+    let one_bucket = burst as f64 + rate * took.as_secs_f64();
+    eprintln!(
+        "cluster rule: {ok} allowed, {limited} refused, {failed} failed in {took:?}; one bucket allows {one_bucket:.0}"
+    );
+    assert_eq!(failed, 0);
+    assert!(
+        (ok as f64 - one_bucket).abs() <= 0.1 * one_bucket,
+        "{ok} allowed across three instances; one bucket allows {one_bucket:.0}"
+    );
+    // Redis operations: at most one lease renewal per bucket per instance per sync interval.
+    let renewals: f64 = {
+        let mut sum = 0.0;
+        for p in &proxies {
+            sum += p
+                .metric(r#"edge_cluster_redis_commands_total{kind="lease",result="ok"}"#)
+                .await;
+        }
+        sum
+    };
+    let intervals = (took.as_secs_f64() / 0.1).ceil() + 10.0;
+    assert!(
+        renewals <= 3.0 * intervals,
+        "{renewals} lease renewals for {intervals} sync intervals"
+    );
+
+    // Redis goes away mid-run.
+    let port = redis.addr.port();
+    redis.kill();
+    all_connected(&proxies, 0.0).await;
+    let (ok, limited, failed, took) = load(&proxies, 60, Duration::from_secs(2)).await;
+    eprintln!("Redis away: {ok} allowed, {limited} refused, {failed} failed in {took:?}");
+    assert_eq!(failed, 0, "no 5xx because Redis is away");
+    assert!(limited > 0, "local limits still refuse");
+    // Each instance: a third of the rule (local_share), its burst a third of 20.
+    let local_bound = 3.0 * ((burst / 3) as f64 + rate / 3.0 * took.as_secs_f64());
+    assert!(
+        ok as f64 <= local_bound * 1.1 + 3.0,
+        "{ok} allowed on local shares (bound {local_bound:.0})"
+    );
+
+    // Redis is back: so is the cluster view, within a few sync intervals.
+    let back = Instant::now();
+    let _redis = RedisServer::start_on(port).await;
+    all_connected(&proxies, 1.0).await;
+    eprintln!("cluster view back {:?} after Redis", back.elapsed());
+    assert!(back.elapsed() < Duration::from_secs(5));
+    for p in proxies {
+        p.stop().await;
+    }
+}
