@@ -83,7 +83,8 @@ mod tests {
 
     #[test]
     fn arguments_are_checked() {
-        let (limit, key) = parse_rate_limit_args(&args(100.0, 50, "api/1.2.3.4")).unwrap();
+        let good = args(100.0, 50, "api/1.2.3.4");
+        let (limit, key) = parse_rate_limit_args(&good).unwrap();
         assert_eq!(
             (limit.rate_per_second, limit.burst, key),
             (100.0, 50, "api/1.2.3.4")
