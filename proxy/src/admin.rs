@@ -8,16 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{header, Method, Response, StatusCode, Uri};
+use http::{header, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use subtle::ConstantTimeEq;
 
-use crate::cache::key::cache_key;
 use crate::cache::storage::MokaStorage;
 use crate::generation::Current;
 use crate::metrics::Metrics;
 use crate::profiling::{self, Format, ProfileError};
+use crate::purge::{PurgeError, PurgeOrder, Purger};
 use crate::reload::Reloader;
 
 const JSON: &str = "application/json";
@@ -28,6 +28,7 @@ pub struct AdminApp {
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
     cache: &'static MokaStorage,
+    purger: Purger,
 }
 
 impl std::fmt::Debug for AdminApp {
@@ -45,6 +46,7 @@ impl AdminApp {
         cache: &'static MokaStorage,
     ) -> Self {
         Self {
+            purger: Purger::new(current.clone(), cache, metrics.clone()),
             current,
             reloader,
             metrics,
@@ -115,7 +117,7 @@ impl AdminApp {
         }
     }
 
-    fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
+    async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
         if session.req_header().method != Method::POST {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -123,7 +125,7 @@ impl AdminApp {
                 "use POST",
             );
         }
-        let generation = self.current.load();
+        let generation = self.current.load_full();
         if let Err(denied) = Self::authorized(
             session,
             generation.config.purge_token.as_deref(),
@@ -139,13 +141,13 @@ impl AdminApp {
             params
                 .iter()
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
+                .map(|(_, v)| v.to_string())
         };
-        let (kind, purged) = match (get("category"), get("url")) {
-            (Some(category), None) => ("category", self.cache.purge_tag(category)),
-            (None, Some(url)) => match self.purge_url(url, get("host")) {
-                Ok(n) => ("url", n),
-                Err(response) => return *response,
+        let order = match (get("category"), get("url")) {
+            (Some(category), None) => PurgeOrder::Category(category),
+            (None, Some(url)) => PurgeOrder::Url {
+                url,
+                host: get("host"),
             },
             _ => return error(
                 StatusCode::BAD_REQUEST,
@@ -153,53 +155,35 @@ impl AdminApp {
                 "give exactly one of ?url=/path?query (absolute or with &host=) or ?category=name",
             ),
         };
-        self.metrics.cache_purges.with_label_values(&[kind]).inc();
-        let count = u64::try_from(purged).unwrap_or(u64::MAX);
-        self.metrics
-            .cache_purged_entries
-            .with_label_values(&[kind])
-            .inc_by(count);
-        reply(
-            StatusCode::OK,
-            JSON,
-            format!("{{\"purged\":{purged}}}").into_bytes(),
-        )
-    }
-
-    /// Removes the entry for a URL: absolute (`http://host/path?q`) or a path with `host`
-    /// (default: the proxy's listen address, which is what clients send as Host).
-    fn purge_url(&self, url: &str, host: Option<&str>) -> Result<usize, Box<Response<Vec<u8>>>> {
-        let uri: Uri = url.parse().map_err(|_| {
-            Box::new(error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "`url` is not a URL",
-            ))
-        })?;
-        let generation = self.current.load();
-        let listen = generation.config.listen.to_string();
-        let host = uri
-            .authority()
-            .map(|a| a.as_str())
-            .or(host)
-            .unwrap_or(&listen);
-        let route = generation.config.router.route(uri.path()).ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                "no_route",
-                "no route matches that path",
-            )
-        })?;
-        let policy = route.cache.as_ref().ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                "not_cached",
-                "that route does not cache",
-            )
-        })?;
-        let key = cache_key(&route.name, host, uri.path(), uri.query(), policy);
-        // The primary slot; other Vary variants are invalidated through it.
-        Ok(usize::from(self.cache.purge_key(&key.to_compact())))
+        let purged = match self.purger.apply(&order) {
+            Ok(purged) => purged,
+            Err(e @ PurgeError::BadUrl) => {
+                return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
+            }
+            Err(e @ PurgeError::NoRoute) => {
+                return error(StatusCode::NOT_FOUND, "no_route", &e.to_string())
+            }
+            Err(e @ PurgeError::NotCached) => {
+                return error(StatusCode::NOT_FOUND, "not_cached", &e.to_string())
+            }
+        };
+        let body = match &generation.plugins.cluster {
+            // Every instance sharing the Redis: how many applied it within the timeout.
+            Some(cluster) => {
+                let acks = cluster.fan_out_purge(&order).await;
+                serde_json::json!({
+                    "purged": purged,
+                    "instances": {
+                        "acknowledged": acks.acknowledged,
+                        "alive": acks.alive,
+                        "reached_redis": acks.reached_redis,
+                    }
+                })
+                .to_string()
+            }
+            None => format!("{{\"purged\":{purged}}}"),
+        };
+        reply(StatusCode::OK, JSON, body.into_bytes())
     }
 }
 
@@ -365,7 +349,7 @@ impl ServeHttp for AdminApp {
                 br#"{"status":"draining"}"#.to_vec(),
             ),
             "/readyz" => reply(StatusCode::OK, JSON, br#"{"status":"ready"}"#.to_vec()),
-            "/cache/purge" => self.purge(session),
+            "/cache/purge" => self.purge(session).await,
             "/config/reload" => self.reload(session).await,
             "/debug/pprof/profile" => self.profile(session).await,
             _ => error(

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod plugin;
 pub mod profiling;
+pub mod purge;
 pub mod reload;
 pub mod routing;
 pub mod tls;
@@ -122,6 +123,10 @@ pub fn build_server(
 
     let client_tls = Arc::new(tls::client::ClientTlsTable::default());
     let cache = cache::storage::MokaStorage::leak(config.cache_max_bytes);
+    if let Some(cluster) = &current.load().plugins.cluster {
+        // Purges published by the other instances apply to this cache.
+        cluster.set_purger(purge::Purger::new(current.clone(), cache, metrics.clone()));
+    }
     let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl =
         Box::leak(pingora::cache::lock::CacheLock::new_boxed(CACHE_LOCK_AGE));
     let proxy = edge::EdgeProxy::new(

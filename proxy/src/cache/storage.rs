@@ -234,6 +234,18 @@ impl MokaStorage {
             .count()
     }
 
+    /// Removes every entry; how many there were.
+    pub fn purge_all(&self) -> usize {
+        let count = self.entries.entry_count();
+        self.tags
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.entries.invalidate_all();
+        self.entries.run_pending_tasks();
+        usize::try_from(count).unwrap_or(usize::MAX)
+    }
+
     /// Removes the entry of one (compact) key; true when there was one.
     pub fn purge_key(&self, key: &CompactCacheKey) -> bool {
         self.entries.remove(&key.combined_bin()).is_some()

@@ -78,9 +78,18 @@ impl std::fmt::Debug for Link {
 impl Link {
     /// Connects to the first address that answers within `connect_timeout`.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, LinkError> {
+        Self::connect_sized(settings, settings.pool_size).await
+    }
+
+    /// One connection of its own (for blocking reads, which would stall a shared one).
+    pub async fn connect_single(settings: &RedisSettings) -> Result<Self, LinkError> {
+        Self::connect_sized(settings, 1).await
+    }
+
+    async fn connect_sized(settings: &RedisSettings, size: usize) -> Result<Self, LinkError> {
         let mut failures = Vec::new();
         for address in &settings.addresses {
-            match Self::connect_pool(settings, *address).await {
+            match Self::connect_pool(settings, *address, size).await {
                 Ok(connections) => {
                     return Ok(Self {
                         connections,
@@ -100,15 +109,16 @@ impl Link {
     async fn connect_pool(
         settings: &RedisSettings,
         address: std::net::SocketAddr,
+        size: usize,
     ) -> Result<Vec<MultiplexedConnection>, LinkError> {
-        let mut pool = Vec::with_capacity(settings.pool_size);
-        for _ in 0..settings.pool_size.max(1) {
+        let mut pool = Vec::with_capacity(size);
+        for _ in 0..size.max(1) {
             pool.push(Self::connect_one(settings, address).await?);
         }
         Ok(pool)
     }
 
-    fn connection(&self) -> MultiplexedConnection {
+    pub(crate) fn connection(&self) -> MultiplexedConnection {
         let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.connections[turn % self.connections.len()].clone()
     }
@@ -183,7 +193,7 @@ impl Link {
         self.bounded(invocation.invoke_async(&mut connection)).await
     }
 
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         command: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, LinkError> {

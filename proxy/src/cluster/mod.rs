@@ -8,31 +8,39 @@
 
 pub mod leases;
 pub mod link;
+pub mod purges;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::redis::RedisSettings;
 use crate::metrics::Metrics;
+use crate::purge::{PurgeOrder, Purger};
 use leases::{Leases, Limit, Verdict};
 use link::Link;
+use purges::Acks;
 
 /// What the request path and the sync thread share.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     leases: Leases,
     connected: AtomicBool,
     instances: AtomicU64,
     running: AtomicBool,
     metrics: Arc<Metrics>,
+    /// The live link (`None` while Redis is away), for purges sent from the admin listener.
+    link: arc_swap::ArcSwapOption<Link>,
+    /// Applies the purges of other instances (set once the cache exists).
+    purger: OnceLock<Purger>,
 }
 
 /// This instance's membership in the cluster.
 #[derive(Debug)]
 pub struct Cluster {
     shared: Arc<Shared>,
+    settings: RedisSettings,
     instance: String,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -62,6 +70,8 @@ impl Cluster {
             instances: AtomicU64::new(1),
             running: AtomicBool::new(true),
             metrics,
+            link: arc_swap::ArcSwapOption::empty(),
+            purger: OnceLock::new(),
         });
         shared.metrics.cluster_connected.set(0);
         shared.metrics.cluster_instances.set(1);
@@ -69,13 +79,24 @@ impl Cluster {
             .enable_all()
             .build()?;
         let thread = {
-            let (shared, instance) = (shared.clone(), instance.clone());
+            let (shared, instance, settings) = (shared.clone(), instance.clone(), settings.clone());
             std::thread::Builder::new()
                 .name("edge-cluster-sync".into())
-                .spawn(move || runtime.block_on(sync_loop(settings, shared, instance)))?
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let reader = tokio::spawn(purges::read_loop(
+                            settings.clone(),
+                            shared.clone(),
+                            instance.clone(),
+                        ));
+                        sync_loop(settings, shared, instance).await;
+                        let _ = reader.await;
+                    })
+                })?
         };
         Ok(Arc::new(Self {
             shared,
+            settings,
             instance,
             thread: Mutex::new(Some(thread)),
         }))
@@ -97,6 +118,38 @@ impl Cluster {
             .with_label_values(&[verdict.decision.label()])
             .inc();
         verdict
+    }
+
+    /// Who applies the purges other instances publish (the cache, once it exists).
+    pub fn set_purger(&self, purger: Purger) {
+        let _ = self.shared.purger.set(purger);
+    }
+
+    /// Sends a purge applied here to every other instance; how many applied it in time.
+    pub async fn fan_out_purge(&self, order: &PurgeOrder) -> Acks {
+        let alive = self.shared.instances.load(Ordering::Relaxed);
+        let Some(link) = self.shared.link.load_full() else {
+            return Acks {
+                acknowledged: 1,
+                alive,
+                reached_redis: false,
+            };
+        };
+        match purges::fan_out(&link, &self.settings, &self.instance, alive, order).await {
+            Ok(others) => Acks {
+                acknowledged: others + 1,
+                alive,
+                reached_redis: true,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "a purge could not reach the other instances");
+                Acks {
+                    acknowledged: 1,
+                    alive,
+                    reached_redis: false,
+                }
+            }
+        }
     }
 
     /// This instance's name in Redis (host, process id, a random suffix).
@@ -124,13 +177,17 @@ fn instance_name() -> String {
 async fn sync_loop(settings: RedisSettings, shared: Arc<Shared>, instance: String) {
     let interval = settings.sync_interval;
     let horizon = interval * 3 + Duration::from_secs(1);
-    let mut link: Option<Link> = None;
+    let mut link: Option<Arc<Link>> = None;
     let mut lost_logged = false;
     while shared.running.load(Ordering::Relaxed) {
         let started = Instant::now();
         if link.is_none() {
             match Link::connect(&settings).await {
-                Ok(connected) => link = Some(connected),
+                Ok(connected) => {
+                    let connected = Arc::new(connected);
+                    shared.link.store(Some(connected.clone()));
+                    link = Some(connected);
+                }
                 Err(e) => {
                     if !lost_logged {
                         tracing::warn!(error = %e, "cluster view lost: Redis unreachable; cluster rate limits run on local limits ({:?}) until it is back", settings.on_unavailable);
@@ -158,6 +215,7 @@ async fn sync_loop(settings: RedisSettings, shared: Arc<Shared>, instance: Strin
                         lost_logged = true;
                     }
                     set_connected(&shared, false);
+                    shared.link.store(None);
                     link = None;
                 }
             }

@@ -36,6 +36,9 @@ pub struct RedisFile {
     /// What cluster rules enforce while Redis is away.
     #[serde(default)]
     pub on_unavailable: Unavailable,
+    /// How long a purge waits for the other instances to say they applied it.
+    #[serde(default = "default_purge_ack_timeout", with = "humantime_serde")]
+    pub purge_ack_timeout: Duration,
     /// Prefix of every key and stream this proxy writes (several clusters can share a Redis).
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -75,6 +78,9 @@ fn default_command_timeout() -> Duration {
 fn default_sync_interval() -> Duration {
     Duration::from_millis(100)
 }
+fn default_purge_ack_timeout() -> Duration {
+    Duration::from_secs(2)
+}
 fn default_key_prefix() -> String {
     "edge:".into()
 }
@@ -91,6 +97,7 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     pub sync_interval: Duration,
     pub on_unavailable: Unavailable,
+    pub purge_ack_timeout: Duration,
     pub key_prefix: String,
 }
 
@@ -109,6 +116,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("command_timeout", &self.command_timeout)
             .field("sync_interval", &self.sync_interval)
             .field("on_unavailable", &self.on_unavailable)
+            .field("purge_ack_timeout", &self.purge_ack_timeout)
             .field("key_prefix", &self.key_prefix)
             .finish()
     }
@@ -183,6 +191,7 @@ pub(super) fn redis(
     }
     problems.positive("redis.connect_timeout", file.connect_timeout);
     problems.positive("redis.command_timeout", file.command_timeout);
+    problems.positive("redis.purge_ack_timeout", file.purge_ack_timeout);
     if file.sync_interval < Duration::from_millis(10)
         || file.sync_interval > Duration::from_secs(10)
     {
@@ -209,6 +218,7 @@ pub(super) fn redis(
         command_timeout: file.command_timeout,
         sync_interval: file.sync_interval,
         on_unavailable: file.on_unavailable,
+        purge_ack_timeout: file.purge_ack_timeout,
         key_prefix: file.key_prefix.clone(),
     })
 }

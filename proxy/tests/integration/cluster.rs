@@ -2,13 +2,18 @@
 //! loopback port, persistence off, stopped after): a `scope: cluster` rate-limit rule across
 //! three proxies allows what one bucket allows; with Redis killed mid-run, requests keep
 //! flowing on local limits (no 5xx, `edge_cluster_connected` 0), and the cluster view comes
-//! back by itself when Redis does.
+//! back by itself when Redis does. A purge on one instance reaches the others, and instances
+//! that cannot know what they missed drop their cache.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, plugin_wasm, proxy_yaml, start_counting_echo, Proxy};
+use crate::common::{
+    catalog_upstream, free_port, plugin_wasm, proxy_yaml, start_counting_echo, Origin, Proxy,
+};
+
+const TOKEN: &str = "test-purge-token-0123456789";
 
 /// A `redis-server` child process on a loopback port, killed on drop.
 pub struct RedisServer {
@@ -209,6 +214,86 @@ async fn a_cluster_rule_holds_across_three_instances_and_survives_redis_going_aw
     all_connected(&proxies, 1.0).await;
     eprintln!("cluster view back {:?} after Redis", back.elapsed());
     assert!(back.elapsed() < Duration::from_secs(5));
+    for p in proxies {
+        p.stop().await;
+    }
+}
+
+/// A caching proxy in front of the catalog origin, sharing purges through `redis`.
+fn cached_instance(origin: &Origin, redis: SocketAddr) -> Proxy {
+    let addr = origin.origin.local_addr();
+    Proxy::start(|dir| {
+        proxy_yaml(
+            dir,
+            &catalog_upstream(addr, &origin.ca, ""),
+            "  - { name: catalog, path_prefix: /api/, upstream: catalog, cache: { key_query_params: [category, limit], tag_query_param: category } }",
+        ) + &format!(
+            "cache: {{ purge_token: {TOKEN} }}\nredis: {{ addresses: [{redis}], sync_interval: 100ms }}\n"
+        )
+    })
+}
+
+async fn x_cache(p: &Proxy, path: &str) -> String {
+    let r = p.get(path).await;
+    assert_eq!(r.status(), 200, "{path}");
+    r.headers()["x-cache"].to_str().unwrap().to_string()
+}
+
+/// `POST /cache/purge` on instance 1 removes the page from instances 2 and 3 and says all
+/// three applied it; after Redis restarts without its data, each instance cannot know which
+/// purges it missed and drops its whole cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_instance_reaches_every_instance() {
+    let mut redis = RedisServer::start().await;
+    let origin = Origin::start(100, "").await;
+    let proxies: Vec<Proxy> = (0..3)
+        .map(|_| cached_instance(&origin, redis.addr))
+        .collect();
+    all_connected(&proxies, 1.0).await;
+    for p in &proxies {
+        assert_eq!(
+            p.eventually_metric("edge_cluster_instances", 3.0).await,
+            3.0
+        );
+    }
+    let path = "/api/v1/products?category=polo&limit=5";
+    for p in &proxies {
+        assert_eq!(x_cache(p, path).await, "MISS");
+        assert_eq!(x_cache(p, path).await, "HIT");
+    }
+    let answer: serde_json::Value = proxies[0]
+        .http
+        .post(format!("{}/cache/purge?category=polo", proxies[0].admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["purged"], 1, "{answer}");
+    assert_eq!(answer["instances"]["acknowledged"], 3, "{answer}");
+    assert_eq!(answer["instances"]["alive"], 3, "{answer}");
+    for p in &proxies {
+        assert_eq!(x_cache(p, path).await, "MISS", "purged everywhere");
+        assert_eq!(x_cache(p, path).await, "HIT");
+    }
+
+    // Redis restarts empty: the purge stream the instances had read is gone.
+    let port = redis.addr.port();
+    redis.kill();
+    all_connected(&proxies, 0.0).await;
+    let _redis = RedisServer::start_on(port).await;
+    all_connected(&proxies, 1.0).await;
+    for p in &proxies {
+        assert_eq!(
+            p.eventually_metric(r#"edge_cache_purges_total{kind="all"}"#, 1.0)
+                .await,
+            1.0,
+            "the cache was dropped"
+        );
+        assert_eq!(x_cache(p, path).await, "MISS");
+    }
     for p in proxies {
         p.stop().await;
     }
