@@ -336,6 +336,12 @@ impl ProxyHttp for EdgeProxy {
         for name in hygiene::hop_by_hop_present(&response.headers) {
             response.remove_header(&name);
         }
+        if ctx.route.as_ref().is_some_and(|r| r.upstream.shield) {
+            // Kept (and cached) under its own name; `response_filter` shows it after ours.
+            if let Some(shield) = response.remove_header(cache::tiers::X_CACHE) {
+                response.insert_header(cache::tiers::X_CACHE_SHIELD, shield)?;
+            }
+        }
         Ok(())
     }
 
@@ -348,7 +354,13 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
         ctx.cache_result = cache::x_cache(session.cache.phase());
-        response.insert_header("x-cache", ctx.cache_result)?;
+        match response.remove_header(cache::tiers::X_CACHE_SHIELD) {
+            Some(shield) => response.insert_header(
+                cache::tiers::X_CACHE,
+                cache::tiers::both(ctx.cache_result, shield.as_bytes()),
+            )?,
+            None => response.insert_header(cache::tiers::X_CACHE, ctx.cache_result)?,
+        }
         let Some(chain) = ctx.chain.as_mut() else {
             return Ok(());
         };

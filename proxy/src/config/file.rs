@@ -138,6 +138,9 @@ pub struct UpstreamFile {
     pub addresses: Vec<String>,
     pub tls: Option<UpstreamTlsFile>,
     pub host_header: Option<String>,
+    /// The upstream is another edge-proxy instance (a shield tier): its `X-Cache` is kept and
+    /// shown after ours (`MISS, HIT from shield`).
+    pub shield: bool,
     pub pool_size: usize,
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -160,6 +163,7 @@ impl Default for UpstreamFile {
             addresses: Vec::new(),
             tls: None,
             host_header: None,
+            shield: false,
             pool_size: 128,
             idle_timeout: Duration::from_secs(60),
             tcp_keepalive: Some(TcpKeepaliveFile::default()),

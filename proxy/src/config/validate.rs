@@ -78,6 +78,13 @@ fn upstream(
             problems.add(at("tcp_keepalive.count"), "must be at least 1", None);
         }
     }
+    if file.shield && file.host_header.is_some() {
+        problems.add(
+            at("host_header"),
+            "is set on a shield upstream",
+            Some("a shield keys its cache on the client's Host, as this tier does: drop host_header so both tiers compute the same cache key"),
+        );
+    }
     Upstream::new(
         name,
         addresses,
@@ -96,6 +103,7 @@ fn upstream(
                 .map(|ka| (ka.idle, ka.interval, ka.count)),
         },
     )
+    .shielded(file.shield)
 }
 
 /// `off`, `stdout`, or a file (relative to the config's folder) in a folder that exists.
@@ -429,6 +437,22 @@ mod tests {
             "{problems:?}"
         );
         assert!(at("/tmp").is_err(), "a folder is not a file");
+    }
+
+    #[test]
+    fn a_shield_upstream_keeps_the_clients_host() {
+        let shield = "upstreams:\n  catalog:\n    addresses: [127.0.0.1:8081]\n    shield: true\nroutes:\n  - { name: catalog, path_prefix: /api/, upstream: catalog }\n";
+        let cfg = super::super::from_yaml(shield, Path::new("/tmp")).unwrap();
+        assert!(cfg.upstreams["catalog"].shield);
+        let found = problems(&shield.replace(
+            "    shield: true\n",
+            "    shield: true\n    host_header: origin.internal\n",
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("upstreams.catalog.host_header: is set on a shield upstream"),
+            "{found:?}"
+        );
     }
 
     #[test]

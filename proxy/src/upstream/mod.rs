@@ -33,6 +33,8 @@ pub struct Upstream {
     pub sni: Option<String>,
     /// Replaces the client's Host header when set.
     pub host_header: Option<String>,
+    /// Another edge-proxy instance (a shield tier): its `X-Cache` is shown after ours.
+    pub shield: bool,
     pub settings: PeerSettings,
     next: AtomicUsize,
 }
@@ -50,9 +52,16 @@ impl Upstream {
             addresses,
             sni,
             host_header,
+            shield: false,
             settings,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// Marks the upstream as a shield tier (or not).
+    pub fn shielded(mut self, shield: bool) -> Self {
+        self.shield = shield;
+        self
     }
 
     /// The next address, round-robin. Validation guarantees at least one.

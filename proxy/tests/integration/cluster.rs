@@ -3,7 +3,8 @@
 //! three proxies allows what one bucket allows; with Redis killed mid-run, requests keep
 //! flowing on local limits (no 5xx, `edge_cluster_connected` 0), and the cluster view comes
 //! back by itself when Redis does. A purge on one instance reaches the others, and instances
-//! that cannot know what they missed drop their cache.
+//! that cannot know what they missed drop their cache. Edges in front of a shield edge fetch
+//! each key from the origin once, and `X-Cache` shows both tiers.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -297,4 +298,100 @@ async fn a_purge_on_one_instance_reaches_every_instance() {
     for p in proxies {
         p.stop().await;
     }
+}
+
+const CACHED_ROUTE: &str = "  - { name: catalog, path_prefix: /api/, upstream: catalog, cache: { key_query_params: [category, limit], tag_query_param: category } }";
+
+/// Three edges whose upstream is a shield edge in front of the origin; 50 concurrent cold
+/// requests for one key on each edge: one origin fetch in all. `X-Cache` shows both tiers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_behind_a_shield_fetch_a_key_from_the_origin_once() {
+    let origin = Origin::start(100, "").await;
+    let addr = origin.origin.local_addr();
+    let shield =
+        Proxy::start(|dir| proxy_yaml(dir, &catalog_upstream(addr, &origin.ca, ""), CACHED_ROUTE));
+    let shield_addr = shield.base.trim_start_matches("http://").to_string();
+    let edges: Vec<Proxy> = (0..3)
+        .map(|_| {
+            Proxy::start(|dir| {
+                proxy_yaml(
+                    dir,
+                    &format!("  catalog:\n    addresses: [{shield_addr}]\n    shield: true\n"),
+                    CACHED_ROUTE,
+                )
+            })
+        })
+        .collect();
+    let listings = r#"origin_http_requests_total{route="products",status="200"}"#;
+    let before = origin.metric(listings).await;
+    let path = "/api/v1/products?category=polo&limit=5";
+    let requests = edges.iter().flat_map(|edge| {
+        (0..50).map(move |_| async move {
+            // Behind one load balancer every edge sees the site's Host.
+            let r = edge
+                .http
+                .get(edge.url(path))
+                .header("host", "shop.example")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let x_cache = r.headers()["x-cache"].to_str().unwrap().to_string();
+            (x_cache, r.bytes().await.unwrap())
+        })
+    });
+    let answers = futures::future::join_all(requests).await;
+    assert_eq!(
+        origin.metric(listings).await - before,
+        1.0,
+        "one origin fetch for 3 x 50 cold requests"
+    );
+    let body = &answers[0].1;
+    assert!(
+        answers.iter().all(|(_, b)| b == body),
+        "the same bytes everywhere"
+    );
+    assert!(
+        answers.iter().all(|(x, _)| x.ends_with(" from shield")),
+        "{:?}",
+        answers.iter().map(|(x, _)| x).collect::<Vec<_>>()
+    );
+    // Each edge went to the shield once: its own waiters were coalesced.
+    let shield_misses = shield
+        .eventually_metric(
+            r#"edge_cache_lookups_total{result="MISS",route="catalog"}"#,
+            1.0,
+        )
+        .await;
+    assert_eq!(shield_misses, 1.0);
+    let shield_lookups: f64 = shield
+        .metrics_text()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("edge_cache_lookups_total{") && l.contains("route=\"catalog\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        shield_lookups, 3.0,
+        "one request per edge reached the shield"
+    );
+    // An edge hit remembers what the shield said when the entry was filled.
+    for edge in &edges {
+        let r = edge
+            .http
+            .get(edge.url(path))
+            .header("host", "shop.example")
+            .send()
+            .await
+            .unwrap();
+        let x_cache = r.headers()["x-cache"].to_str().unwrap();
+        assert!(
+            x_cache == "HIT, MISS from shield" || x_cache == "HIT, HIT from shield",
+            "{x_cache}"
+        );
+    }
+    for p in edges {
+        p.stop().await;
+    }
+    shield.stop().await;
 }
