@@ -12,10 +12,13 @@ EDGE_CONFIG ?= config/edge.yaml
 ORIGIN_CONFIGS := config/origin.yaml $(wildcard config/examples/origin-*.yaml)
 EDGE_CONFIGS := config/edge.yaml $(wildcard config/examples/edge-*.yaml)
 
-.PHONY: help setup build run test lint check-configs bench bench-peers peers-setup plugins plugin-tests fuzz soak
+RUN_CLUSTER_REDIS_PORT := 6390
+
+.PHONY: help setup build run run-cluster test lint check-configs bench bench-peers peers-setup plugins plugin-tests fuzz soak
 
 help:
 	@echo "make run    - set up, build (release), run the origin (https://127.0.0.1:8443) and the proxy (http://127.0.0.1:8080)"
+	@echo "make run-cluster - as run, with Redis (:6390), a shield (:8090) and three edges (:8081-8083) sharing rate limits and purges"
 	@echo "make test   - set up, then fmt check, clippy, config checks and every test"
 	@echo "make bench  - side-by-side load benchmarks (release build; minutes)"
 	@echo "make bench-peers - edge-proxy against NGINX and Varnish, pinned, HTTP and HTTPS (installs them; ~20 minutes)"
@@ -73,6 +76,30 @@ run: setup plugins
 	trap 'kill $$origin 2>/dev/null; wait $$origin 2>/dev/null' EXIT INT TERM; \
 	./target/release/edge-proxy run -c $(EDGE_CONFIG)
 
+# Several instances as one (README "Running several instances"): Redis without persistence on
+# 127.0.0.1:$(RUN_CLUSTER_REDIS_PORT), the origin, the shield tier (config/examples/edge-shield.yaml) and
+# three edges derived from config/examples/edge-cluster.yaml (ports 8081-8083, admin 9181-9183).
+# Ctrl-C stops them all.
+run-cluster: setup plugins
+	$(CARGO) build --release -p origin-service -p edge-proxy
+	./target/release/origin-service check -c $(ORIGIN_CONFIG)
+	./target/release/origin-service init -c $(ORIGIN_CONFIG)
+	mkdir -p .state/cluster
+	# .state/cluster/ is as deep as config/examples/: the relative paths stay right.
+	for i in 1 2 3; do \
+		sed -e "s/127.0.0.1:8081/127.0.0.1:808$$i/" -e "s/127.0.0.1:9181/127.0.0.1:918$$i/" \
+			-e "s/edge-1-upgrade/edge-$$i-upgrade/" \
+			config/examples/edge-cluster.yaml > .state/cluster/edge-$$i.yaml; \
+		./target/release/edge-proxy check -c .state/cluster/edge-$$i.yaml; \
+	done
+	./target/release/edge-proxy check -c config/examples/edge-shield.yaml
+	pids=""; trap 'kill $$pids 2>/dev/null; wait 2>/dev/null' EXIT INT TERM; \
+	redis-server --port $(RUN_CLUSTER_REDIS_PORT) --bind 127.0.0.1 --save '' --appendonly no >/dev/null & pids="$$pids $$!"; \
+	./target/release/origin-service run -c $(ORIGIN_CONFIG) & pids="$$pids $$!"; \
+	./target/release/edge-proxy run -c config/examples/edge-shield.yaml & pids="$$pids $$!"; \
+	for i in 1 2 3; do ./target/release/edge-proxy run -c .state/cluster/edge-$$i.yaml & pids="$$pids $$!"; done; \
+	wait
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -102,6 +129,7 @@ bench: plugins bench-peers
 	$(CARGO) run --release -p edge-benches --bin cache-hit
 	$(CARGO) run --release -p edge-benches --bin plugin-overhead
 	$(CARGO) run --release -p edge-benches --bin plugin-overhead -- --fetch
+	$(CARGO) run --release -p edge-benches --bin cluster-limit
 	$(CARGO) bench -p edge-benches --bench plugin_callback
 
 # The peers NGINX and Varnish from Debian packages, when missing (the harness's configs are in

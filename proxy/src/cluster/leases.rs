@@ -143,15 +143,16 @@ impl Leases {
             return local(bucket, limit, self.on_unavailable, instances, now);
         }
         let remaining = |b: &Bucket| (b.shared_left.max(0.0) as u64).saturating_add(b.leased);
+        // Demand, refused requests included: the next lease is sized on it (sized on what was
+        // allowed, a lease too small to meet the traffic would never grow).
+        bucket.used += 1;
         if bucket.leased > 0 {
             bucket.leased -= 1;
-            bucket.used += 1;
             return allowed(remaining(bucket), limit, Decision::Lease);
         }
         if bucket.last_renewal.is_none() && bucket.debt == 0 {
             // No lease yet: the first request goes through, charged at the renewal.
             bucket.debt = 1;
-            bucket.used += 1;
             return allowed(remaining(bucket), limit, Decision::Debt);
         }
         refused(limit)
@@ -393,6 +394,40 @@ mod tests {
         );
         // At most one renewal per bucket per instance per sync interval.
         assert!(operations <= 3 * 50 + 3, "{operations} Redis operations");
+    }
+
+    #[test]
+    fn leases_grow_with_the_traffic_far_below_the_limit() {
+        // 1,000 req/s per instance against a limit of a million: after the first sync or two
+        // (the first request on debt, then leases sized on demand), nothing is refused.
+        let limit = Limit {
+            rate_per_second: 1_000_000.0,
+            burst: 1_000_000_000,
+        };
+        let leases = Leases::new(SYNC, Unavailable::LocalShare);
+        let start = Instant::now();
+        let mut refused_after_warmup = 0;
+        for tick in 0..2_000u32 {
+            let now = start + Duration::from_millis(u64::from(tick));
+            if tick % 100 == 0 {
+                for renewal in leases.due(now) {
+                    let want = renewal.want;
+                    leases.renewed(
+                        &renewal,
+                        Some(Grant {
+                            granted: want,
+                            tokens_left: 1e9,
+                        }),
+                        now,
+                    );
+                }
+            }
+            let verdict = leases.take("k", limit, true, 1, now);
+            if !verdict.allowed && tick >= 300 {
+                refused_after_warmup += 1;
+            }
+        }
+        assert_eq!(refused_after_warmup, 0);
     }
 
     #[test]

@@ -158,7 +158,12 @@ impl Link {
             }
             None => Client::open(info)?,
         };
-        let connecting = client.get_multiplexed_async_connection();
+        // Our own bounds apply per command (`bounded`, and a blocking read's longer one):
+        // the client's default 500 ms response timeout would cut a blocking XREAD.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(None);
+        let connecting = client.get_multiplexed_async_connection_with_config(&config);
         tokio::time::timeout(settings.connect_timeout, connecting)
             .await
             .map_err(|_| LinkError::Timeout(settings.connect_timeout))?

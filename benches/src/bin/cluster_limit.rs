@@ -1,0 +1,232 @@
+//! What a cluster-scoped rate-limit rule costs against a local one: two proxies in this
+//! process, the same cache-hit route behind the rate-limit plugin, one rule `scope: local`
+//! (the host's shared data), the other `scope: cluster` (leases from a real `redis-server`
+//! started here on a loopback port, persistence off). The rules' limits are far above the load,
+//! so both allow every request and only the bookkeeping differs. Alternating rounds report
+//! throughput, latency and CPU per request of each proxy's worker threads; then, at a fixed
+//! offered load, the Redis commands per second the cluster proxy sends (its own counter and
+//! Redis's `total_commands_processed`) against the design's bound, one renewal per bucket per
+//! sync interval plus one heartbeat.
+//!
+//! `cargo run --release -p edge-benches --bin cluster-limit -- --rounds 5`
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use edge_benches::{load, report, rig};
+use edge_proxy::RunningProxy;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(flatten)]
+    load: rig::LoadArgs,
+    /// Products the origin is seeded with.
+    #[arg(long, default_value_t = 200)]
+    products: u32,
+    /// Offered load (requests per second) of the Redis-operations run.
+    #[arg(long, default_value_t = 5000.0)]
+    rate: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    rig::run(bench(Args::parse()))
+}
+
+const PATH: &str = "/api/v1/products?category=polo&limit=20";
+const SYNC_INTERVAL_MS: u64 = 100;
+
+/// A `redis-server` child on a loopback port, killed on drop.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Redis {
+    async fn start() -> anyhow::Result<Self> {
+        let port = rig::free_port()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("redis-server (`make setup` installs it)")?;
+        let redis = Self { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.commands_processed().await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(redis)
+    }
+
+    /// Commands clients sent (scripts counted once, not the commands inside them): the
+    /// `calls` of every `cmdstat_` line of `INFO commandstats` but `info`'s own.
+    async fn commands_processed(&self) -> anyhow::Result<u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        tcp.write_all(b"INFO commandstats\r\n").await?;
+        // A bulk string: `$<length>\r\n<text>\r\n`.
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = tcp.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "redis closed");
+            bytes.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&bytes);
+            if let Some((head, body)) = text.split_once("\r\n") {
+                let length: usize = head.trim_start_matches('$').parse()?;
+                if body.len() >= length {
+                    return Ok(body[..length]
+                        .lines()
+                        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+                        .filter_map(|l| {
+                            l.split("calls=")
+                                .nth(1)?
+                                .split(',')
+                                .next()?
+                                .parse::<u64>()
+                                .ok()
+                        })
+                        .sum());
+                }
+            }
+        }
+    }
+}
+
+fn proxy(
+    dir: &Path,
+    origin: std::net::SocketAddr,
+    ca: &Path,
+    scope: &str,
+    redis: u16,
+) -> anyhow::Result<RunningProxy> {
+    std::fs::create_dir_all(dir)?;
+    let module = std::fs::canonicalize("plugins/target/wasm32-wasip1/release/rate_limit.wasm")
+        .context("the rate-limit plugin (run `make plugins`)")?;
+    rig::start_proxy(
+        dir,
+        &format!(
+            "  catalog:\n    addresses: [{origin}]\n    tls: {{ sni: localhost, ca_file: {} }}",
+            ca.display()
+        ),
+        "  - { name: catalog, path_prefix: /api/, upstream: catalog, plugins: [limit], cache: { key_query_params: [category, cursor, limit], tag_query_param: category } }",
+        &format!(
+            "{redis}plugin_host:\n  shared_data: {{ ttl_by_prefix: {{ \"ratelimit/\": 2m }} }}\n\
+             plugins:\n  - {{ name: limit, module: {}, config: {{ rules: [{{ name: catalog, path_prefix: /api/, rate_per_second: 1000000, burst: 1000000000, scope: {scope} }}] }} }}\n",
+            module.display(),
+            redis = if scope == "cluster" {
+                format!("redis: {{ addresses: [127.0.0.1:{redis}], sync_interval: {SYNC_INTERVAL_MS}ms }}\n")
+            } else {
+                String::new()
+            },
+        ),
+    )
+}
+
+/// One series of the proxy's `/metrics` (0 when absent).
+async fn metric(proxy: &RunningProxy, series: &str) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(proxy.admin).await?;
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n")
+        .await?;
+    let mut bytes = Vec::new();
+    tcp.read_to_end(&mut bytes).await?;
+    let body = String::from_utf8_lossy(&bytes);
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let redis = Redis::start().await?;
+    let rig::BenchOrigin { origin, ca, .. } =
+        rig::start_cacheable_origin(dir.path(), args.products).await?;
+    let addr = origin.local_addr();
+    let local = proxy(&dir.path().join("local"), addr, &ca, "local", redis.port)?;
+    let cluster = proxy(
+        &dir.path().join("cluster"),
+        addr,
+        &ca,
+        "cluster",
+        redis.port,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&cluster, "edge_cluster_connected").await? < 1.0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the cluster proxy never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let specs: Vec<load::LoadSpec> = [&local, &cluster]
+        .iter()
+        .map(|p| args.load.spec(p.listen, PATH, None))
+        .collect::<anyhow::Result<_>>()?;
+    let reference = load::fetch_once(&specs[0]).await?;
+    anyhow::ensure!(
+        load::fetch_once(&specs[1]).await? == reference,
+        "the two proxies serve other bytes"
+    );
+    println!(
+        "cache hits of `{PATH}` ({} bytes) behind the rate-limit plugin, rule scope local vs cluster (Redis, sync every {SYNC_INTERVAL_MS} ms), {}\n",
+        reference.len(),
+        args.load.describe()
+    );
+    let targets = [
+        ("rule scope: local", &specs[0]),
+        ("rule scope: cluster", &specs[1]),
+    ];
+    let series = rig::alternate(args.load.rounds, &targets).await?;
+    println!("{}", report::summary(&series, &series[0]));
+
+    // Redis operations at a fixed offered load on the cluster proxy.
+    let mut paced = specs[1].clone();
+    paced.rate = Some(args.rate);
+    paced.warmup = Duration::from_secs(1);
+    let seconds = paced.duration.as_secs_f64();
+    let lease = r#"edge_cluster_redis_commands_total{kind="lease",result="ok"}"#;
+    let heartbeat = r#"edge_cluster_redis_commands_total{kind="heartbeat",result="ok"}"#;
+    let warmup = paced.warmup;
+    let run = tokio::spawn(load::run(paced));
+    tokio::time::sleep(warmup).await;
+    let (leases0, beats0, redis0) = (
+        metric(&cluster, lease).await?,
+        metric(&cluster, heartbeat).await?,
+        redis.commands_processed().await?,
+    );
+    let result = run.await??;
+    let (leases1, beats1, redis1) = (
+        metric(&cluster, lease).await?,
+        metric(&cluster, heartbeat).await?,
+        redis.commands_processed().await?,
+    );
+    let intervals_per_second = 1000.0 / SYNC_INTERVAL_MS as f64;
+    println!(
+        "\nRedis at {:.0} req/s offered ({:.0} served) for {seconds:.0} s, one bucket, one instance:\n  \
+         lease renewals {:.1}/s, heartbeats {:.1}/s (bound: {intervals_per_second:.0}/s each, one per sync interval)\n  \
+         redis-server commands from clients {:.1}/s (an EVALSHA per renewal and heartbeat, blocking XREADs of the purge stream); {:.5} per request",
+        args.rate,
+        result.throughput(),
+        (leases1 - leases0) / seconds,
+        (beats1 - beats0) / seconds,
+        (redis1 - redis0) as f64 / seconds,
+        (redis1 - redis0) as f64 / (result.throughput() * seconds).max(1.0),
+    );
+    cluster.stop();
+    local.stop();
+    Ok(())
+}
