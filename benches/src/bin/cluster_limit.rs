@@ -142,7 +142,9 @@ async fn metric(proxy: &RunningProxy, series: &str) -> anyhow::Result<f64> {
     tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n")
         .await?;
     let mut bytes = Vec::new();
-    tcp.read_to_end(&mut bytes).await?;
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut bytes))
+        .await
+        .context("/metrics did not finish within 5 s")??;
     let body = String::from_utf8_lossy(&bytes);
     Ok(body
         .lines()

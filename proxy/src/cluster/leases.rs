@@ -215,15 +215,6 @@ impl Leases {
             bucket.last_renewal = Some(now);
         }
     }
-
-    /// Buckets held now (tests and metrics).
-    pub fn len(&self) -> usize {
-        self.buckets.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Bucket {

@@ -128,38 +128,20 @@ impl Cluster {
     /// Sends a purge applied here to every other instance; how many applied it in time.
     pub async fn fan_out_purge(&self, order: &PurgeOrder) -> Acks {
         let alive = self.shared.instances.load(Ordering::Relaxed);
-        let Some(link) = self.shared.link.load_full() else {
-            return Acks {
-                acknowledged: 1,
-                alive,
-                reached_redis: false,
-            };
+        let others = match self.shared.link.load_full() {
+            Some(link) => purges::fan_out(&link, &self.settings, &self.instance, alive, order)
+                .await
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "a purge could not reach the other instances"),
+                )
+                .ok(),
+            None => None,
         };
-        match purges::fan_out(&link, &self.settings, &self.instance, alive, order).await {
-            Ok(others) => Acks {
-                acknowledged: others + 1,
-                alive,
-                reached_redis: true,
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "a purge could not reach the other instances");
-                Acks {
-                    acknowledged: 1,
-                    alive,
-                    reached_redis: false,
-                }
-            }
+        Acks {
+            acknowledged: others.map_or(1, |n| n + 1),
+            alive,
+            reached_redis: others.is_some(),
         }
-    }
-
-    /// This instance's name in Redis (host, process id, a random suffix).
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
-    /// Whether the cluster view is live now.
-    pub fn connected(&self) -> bool {
-        self.shared.connected.load(Ordering::Relaxed)
     }
 }
 
@@ -177,17 +159,12 @@ fn instance_name() -> String {
 async fn sync_loop(settings: RedisSettings, shared: Arc<Shared>, instance: String) {
     let interval = settings.sync_interval;
     let horizon = interval * 3 + Duration::from_secs(1);
-    let mut link: Option<Arc<Link>> = None;
     let mut lost_logged = false;
     while shared.running.load(Ordering::Relaxed) {
         let started = Instant::now();
-        if link.is_none() {
+        if shared.link.load().is_none() {
             match Link::connect(&settings).await {
-                Ok(connected) => {
-                    let connected = Arc::new(connected);
-                    shared.link.store(Some(connected.clone()));
-                    link = Some(connected);
-                }
+                Ok(connected) => shared.link.store(Some(Arc::new(connected))),
                 Err(e) => {
                     if !lost_logged {
                         tracing::warn!(error = %e, "cluster view lost: Redis unreachable; cluster rate limits run on local limits ({:?}) until it is back", settings.on_unavailable);
@@ -197,8 +174,8 @@ async fn sync_loop(settings: RedisSettings, shared: Arc<Shared>, instance: Strin
                 }
             }
         }
-        if let Some(current) = &link {
-            match sync_once(current, &shared, &instance, horizon).await {
+        if let Some(current) = shared.link.load_full() {
+            match sync_once(&current, &shared, &instance, horizon).await {
                 Ok(()) => {
                     if lost_logged || !shared.connected.load(Ordering::Relaxed) {
                         tracing::info!(
@@ -216,7 +193,6 @@ async fn sync_loop(settings: RedisSettings, shared: Arc<Shared>, instance: Strin
                     }
                     set_connected(&shared, false);
                     shared.link.store(None);
-                    link = None;
                 }
             }
         }

@@ -134,10 +134,6 @@ async fn resume(
     shared: &Shared,
 ) -> Result<(), LinkError> {
     let mut connection = link.connection();
-    let first: StreamRangeReply = link
-        .bounded(connection.xrange_count(stream, "-", "+", 1))
-        .await?;
-    let first = first.ids.first().map(|e| e.id.clone());
     match last.as_deref() {
         None => {
             let newest: StreamRangeReply = link
@@ -151,6 +147,10 @@ async fn resume(
             );
         }
         Some(seen) if lost => {
+            let first: StreamRangeReply = link
+                .bounded(connection.xrange_count(stream, "-", "+", 1))
+                .await?;
+            let first = first.ids.first().map(|e| e.id.clone());
             let still_held = match &first {
                 Some(first) => entry_order(first) <= entry_order(seen),
                 None => seen == "0-0",

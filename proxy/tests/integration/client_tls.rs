@@ -911,6 +911,22 @@ mod h2_frames {
     pub const DATA: u8 = 0x0;
     pub const ACK: u8 = 0x1;
 
+    /// One whole frame off the front of `buf`: kind, flags, stream id, payload.
+    pub fn take_frame(buf: &mut Vec<u8>) -> Option<(u8, u8, u32, Vec<u8>)> {
+        if buf.len() < 9 {
+            return None;
+        }
+        let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+        if buf.len() < 9 + len {
+            return None;
+        }
+        let (kind, flags) = (buf[3], buf[4]);
+        let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+        let payload = buf[9..9 + len].to_vec();
+        buf.drain(..9 + len);
+        Some((kind, flags, id, payload))
+    }
+
     /// Reads frames until `stream` ends, answering the server's SETTINGS; gives the payload
     /// length and flags of each DATA frame of `stream`.
     pub async fn data_frames<S>(io: &mut S, stream: u32) -> Vec<(usize, u8)>
@@ -922,15 +938,7 @@ mod h2_frames {
         let mut chunk = [0u8; 16 * 1024];
         let mut frames = Vec::new();
         loop {
-            while buf.len() >= 9 {
-                let len =
-                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let (kind, flags) = (buf[3], buf[4]);
-                let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                buf.drain(..9 + len);
+            while let Some((kind, flags, id, payload)) = take_frame(&mut buf) {
                 if kind == SETTINGS && flags & ACK == 0 {
                     io.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap();
                 }
@@ -939,7 +947,7 @@ mod h2_frames {
                     continue;
                 }
                 if kind == DATA {
-                    frames.push((len, flags));
+                    frames.push((payload.len(), flags));
                 }
                 if (kind == DATA || kind == HEADERS) && flags & END_STREAM != 0 {
                     return frames;
@@ -957,16 +965,12 @@ mod h2_frames {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 16 * 1024];
         loop {
-            while buf.len() >= 9 {
-                let len =
-                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
-                if buf.len() < 9 + len {
-                    break;
+            while let Some((kind, _, _, payload)) = take_frame(&mut buf) {
+                if kind == GOAWAY && payload.len() >= 8 {
+                    return Some(u32::from_be_bytes([
+                        payload[4], payload[5], payload[6], payload[7],
+                    ]));
                 }
-                if buf[3] == GOAWAY && len >= 8 {
-                    return Some(u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]]));
-                }
-                buf.drain(..9 + len);
             }
             match reader.read(&mut chunk).await {
                 Ok(0) | Err(_) => return None,
@@ -976,6 +980,16 @@ mod h2_frames {
     }
 }
 
+/// A TLS proxy for `shop.example` in front of `origin`, and a rustls client offering only h2.
+fn h2_shop(dir: &Path, origin: &Origin) -> (Pki, TlsProxy, Arc<ClientConfig>) {
+    let pki = Pki::new(dir, "shop");
+    let files = certificates(&[pki.server("shop", &["shop.example"], false)]);
+    let proxy = TlsProxy::start(dir, origin, &format!("{{ certificates: {files} }}"));
+    let mut h2_client = (*client_config(&pki.ca_file, None, all_versions())).clone();
+    h2_client.alpn_protocols = vec![b"h2".to_vec()];
+    (pki, proxy, Arc::new(h2_client))
+}
+
 /// A cache hit over HTTP/2 ends on the DATA frame that carries its body, not on an empty DATA
 /// frame of its own: one write to the client per hit instead of two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -983,12 +997,8 @@ async fn an_h2_cache_hit_ends_on_the_data_frame_of_its_body() {
     use h2_frames::*;
     let origin = Origin::start(10, "").await;
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), "shop");
-    let files = certificates(&[pki.server("shop", &["shop.example"], false)]);
-    let proxy = TlsProxy::start(dir.path(), &origin, &format!("{{ certificates: {files} }}"));
-    let mut h2_client = (*client_config(&pki.ca_file, None, all_versions())).clone();
-    h2_client.alpn_protocols = vec![b"h2".to_vec()];
-    let mut stream = handshake(proxy.https, "shop.example", Arc::new(h2_client))
+    let (_pki, proxy, h2_client) = h2_shop(dir.path(), &origin);
+    let mut stream = handshake(proxy.https, "shop.example", h2_client)
         .await
         .unwrap();
     let mut opening = PREFACE.to_vec();
@@ -1045,12 +1055,7 @@ async fn h2_rapid_reset_and_continuation_floods_are_cut_off() {
     use h2_frames::*;
     let origin = Origin::start(10, "").await;
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), "shop");
-    let files = certificates(&[pki.server("shop", &["shop.example"], false)]);
-    let proxy = TlsProxy::start(dir.path(), &origin, &format!("{{ certificates: {files} }}"));
-    let mut h2_client = (*client_config(&pki.ca_file, None, all_versions())).clone();
-    h2_client.alpn_protocols = vec![b"h2".to_vec()];
-    let h2_client = Arc::new(h2_client);
+    let (pki, proxy, h2_client) = h2_shop(dir.path(), &origin);
     let rss_before = resident_kib();
 
     // Rapid reset: 100,000 streams opened and cancelled, in batches of 500.

@@ -302,6 +302,16 @@ async fn a_purge_on_one_instance_reaches_every_instance() {
 
 const CACHED_ROUTE: &str = "  - { name: catalog, path_prefix: /api/, upstream: catalog, cache: { key_query_params: [category, limit], tag_query_param: category } }";
 
+/// A GET with the site's Host: behind one load balancer every edge sees the same one.
+async fn get_as_site(edge: &Proxy, path: &str) -> reqwest::Response {
+    edge.http
+        .get(edge.url(path))
+        .header("host", "shop.example")
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Three edges whose upstream is a shield edge in front of the origin; 50 concurrent cold
 /// requests for one key on each edge: one origin fetch in all. `X-Cache` shows both tiers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,14 +337,7 @@ async fn edges_behind_a_shield_fetch_a_key_from_the_origin_once() {
     let path = "/api/v1/products?category=polo&limit=5";
     let requests = edges.iter().flat_map(|edge| {
         (0..50).map(move |_| async move {
-            // Behind one load balancer every edge sees the site's Host.
-            let r = edge
-                .http
-                .get(edge.url(path))
-                .header("host", "shop.example")
-                .send()
-                .await
-                .unwrap();
+            let r = get_as_site(edge, path).await;
             assert_eq!(r.status(), 200);
             let x_cache = r.headers()["x-cache"].to_str().unwrap().to_string();
             (x_cache, r.bytes().await.unwrap())
@@ -377,13 +380,7 @@ async fn edges_behind_a_shield_fetch_a_key_from_the_origin_once() {
     );
     // An edge hit remembers what the shield said when the entry was filled.
     for edge in &edges {
-        let r = edge
-            .http
-            .get(edge.url(path))
-            .header("host", "shop.example")
-            .send()
-            .await
-            .unwrap();
+        let r = get_as_site(edge, path).await;
         let x_cache = r.headers()["x-cache"].to_str().unwrap();
         assert!(
             x_cache == "HIT, MISS from shield" || x_cache == "HIT, HIT from shield",

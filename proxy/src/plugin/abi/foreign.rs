@@ -43,26 +43,34 @@ pub fn link(r: &mut Registrar<'_>) -> wasmtime::Result<()> {
          out: u32,
          out_len: u32|
          -> wasmtime::Result<u32> {
-            let name = memory::read_string(&caller, name, name_len)?;
-            if name != CLUSTER_RATE_LIMIT {
-                return Ok(status::NOT_FOUND);
-            }
-            let Some(cluster) = caller.data().plugin.cluster.clone() else {
-                return Ok(status::NOT_FOUND);
+            // Read in place (no copies): this runs once per request of a cluster rule.
+            let verdict = memory::with_guest(
+                &mut caller,
+                [(name, name_len), (args, args_len)],
+                |[name, args], state| {
+                    if name != CLUSTER_RATE_LIMIT.as_bytes() {
+                        return Err(status::NOT_FOUND);
+                    }
+                    let cluster = state.plugin.cluster.as_ref().ok_or(status::NOT_FOUND)?;
+                    let (limit, key) = parse_rate_limit_args(args).ok_or(status::BAD_ARGUMENT)?;
+                    Ok(cluster.take(key, limit))
+                },
+            )?;
+            let verdict = match verdict {
+                Ok(verdict) => verdict,
+                Err(status) => return Ok(status),
             };
-            let args = memory::read(&caller, args, args_len)?;
-            let Some((limit, key)) = parse_rate_limit_args(&args) else {
-                return Ok(status::BAD_ARGUMENT);
-            };
-            let verdict = cluster.take(key, limit);
-            let mut answer = Vec::with_capacity(25);
-            answer.push(u8::from(verdict.allowed));
-            for value in [
+            let mut answer = [0u8; 25];
+            answer[0] = u8::from(verdict.allowed);
+            for (i, value) in [
                 verdict.remaining,
                 verdict.reset_seconds,
                 verdict.retry_after_seconds,
-            ] {
-                answer.extend_from_slice(&value.to_le_bytes());
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                answer[1 + 8 * i..9 + 8 * i].copy_from_slice(&value.to_le_bytes());
             }
             memory::give(&mut caller, &answer, out, out_len)?;
             Ok(status::OK)
