@@ -554,16 +554,20 @@ async fn run_announces_when_ready_and_plugin_routes_log_no_spurious_warnings() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The first line announces the port; the rest of stdout (the access log) is drained to
+    // the end, so no write meets a closed pipe (which the proxy rightly warns about).
     let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
+    let (first_line, announced) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
         let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        line
-    })
-    .await
-    .unwrap();
+        let _ = reader.read_line(&mut line);
+        let _ = first_line.send(line);
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let line = tokio::task::spawn_blocking(move || announced.recv().unwrap_or_default())
+        .await
+        .unwrap();
     assert!(line.contains("listening on"), "{line}");
     let http = client();
     for _ in 0..5 {
