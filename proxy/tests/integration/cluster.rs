@@ -4,7 +4,8 @@
 //! flowing on local limits (no 5xx, `edge_cluster_connected` 0), and the cluster view comes
 //! back by itself when Redis does. A purge on one instance reaches the others, and instances
 //! that cannot know what they missed drop their cache. Edges in front of a shield edge fetch
-//! each key from the origin once, and `X-Cache` shows both tiers.
+//! each key from the origin once, and `X-Cache` shows both tiers. A stalled Redis costs no
+//! request; an instance cut off alone replays the purges it missed.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -38,6 +39,9 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
+                // `DEBUG SLEEP` plays a Redis that stalls.
+                "--enable-debug-command",
+                "local",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -68,6 +72,18 @@ impl RedisServer {
             && &answer == b"+PONG\r\n"
     }
 
+    /// Sends one raw command (inline form) and waits for its answer.
+    pub async fn command(&self, line: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        tcp.write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 512];
+        let n = tcp.read(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -79,6 +95,67 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A TCP forwarder to Redis that can cut one instance off: `cut` closes every connection it
+/// carries and closes new ones on arrival, `restore` forwards again.
+struct Forwarder {
+    addr: SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    async fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let task = {
+            let (open, cuts) = (open.clone(), cuts.clone());
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !open.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let mut cut = cuts.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
+            })
+        };
+        Self {
+            addr,
+            open,
+            cuts,
+            task,
+        }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
     }
 }
 
@@ -391,4 +468,132 @@ async fn edges_behind_a_shield_fetch_a_key_from_the_origin_once() {
         p.stop().await;
     }
     shield.stop().await;
+}
+
+/// Redis stalls (`DEBUG SLEEP`: every command waits past `command_timeout`) while requests
+/// flow: none fails or waits on Redis, the cluster view is reported lost, and it comes back
+/// by itself when Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_costs_no_request_and_the_view_comes_back() {
+    let redis = RedisServer::start().await;
+    let echo = start_counting_echo().await;
+    let proxies: Vec<Proxy> = (0..2)
+        .map(|_| instance(echo.addr, redis.addr, 1000.0, 1000))
+        .collect();
+    all_connected(&proxies, 1.0).await;
+    let sleeper = {
+        let redis_addr = redis.addr;
+        tokio::spawn(async move {
+            let redis = RedisServer {
+                addr: redis_addr,
+                child: None,
+            };
+            redis.command("DEBUG SLEEP 2").await
+        })
+    };
+    // Requests during the stall: each answered without waiting on Redis.
+    let started = Instant::now();
+    let (mut failed, mut slowest, mut answered) = (0, Duration::ZERO, 0);
+    let mut lost_seen = false;
+    while started.elapsed() < Duration::from_millis(1800) {
+        for p in &proxies {
+            let sent = Instant::now();
+            match p.http.get(p.url("/echo/item")).send().await {
+                Ok(r) if r.status() == 200 || r.status() == 429 => answered += 1,
+                _ => failed += 1,
+            }
+            slowest = slowest.max(sent.elapsed());
+        }
+        if !lost_seen && proxies[0].metric("edge_cluster_connected").await == 0.0 {
+            lost_seen = true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("Redis stalled: {answered} answered, {failed} failed, slowest {slowest:?}");
+    assert_eq!(failed, 0, "no request fails because Redis stalls");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request waited {slowest:?} on a stalled Redis"
+    );
+    assert!(lost_seen, "edge_cluster_connected never dropped to 0");
+    assert!(sleeper.await.unwrap().starts_with("+OK"));
+    all_connected(&proxies, 1.0).await;
+    for p in proxies {
+        p.stop().await;
+    }
+}
+
+/// One instance alone loses Redis (its connections cut) while another purges: the purge
+/// answer counts the instances that applied it; the cut-off instance, back, replays the purge
+/// it missed from the stream (Redis still holds it), so it drops that page and keeps the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_alone_replays_the_purges_it_missed() {
+    let redis = RedisServer::start().await;
+    let origin = Origin::start(100, "").await;
+    let forwarder = Forwarder::start(redis.addr).await;
+    let proxies: Vec<Proxy> = vec![
+        cached_instance(&origin, redis.addr),
+        cached_instance(&origin, redis.addr),
+        cached_instance(&origin, forwarder.addr),
+    ];
+    all_connected(&proxies, 1.0).await;
+    for p in &proxies {
+        assert_eq!(
+            p.eventually_metric("edge_cluster_instances", 3.0).await,
+            3.0
+        );
+    }
+    let (polo, tee) = (
+        "/api/v1/products?category=polo&limit=5",
+        "/api/v1/products?category=tee&limit=5",
+    );
+    for p in &proxies {
+        for path in [polo, tee] {
+            assert_eq!(x_cache(p, path).await, "MISS");
+        }
+    }
+    let cut_off = &proxies[2];
+    forwarder.cut();
+    all_connected(std::slice::from_ref(cut_off), 0.0).await;
+    let answer: serde_json::Value = proxies[0]
+        .http
+        .post(format!("{}/cache/purge?category=polo", proxies[0].admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["instances"]["acknowledged"], 2, "{answer}");
+    assert_eq!(answer["instances"]["reached_redis"], true, "{answer}");
+    assert_eq!(x_cache(&proxies[1], polo).await, "MISS", "purged on 2");
+    assert_eq!(
+        x_cache(cut_off, polo).await,
+        "HIT",
+        "not reached while cut off"
+    );
+
+    forwarder.restore();
+    all_connected(std::slice::from_ref(cut_off), 1.0).await;
+    let replayed = cut_off
+        .eventually_metric(r#"edge_cache_purges_total{kind="category"}"#, 1.0)
+        .await;
+    assert_eq!(replayed, 1.0, "the missed purge was replayed");
+    assert_eq!(x_cache(cut_off, polo).await, "MISS");
+    assert_eq!(
+        x_cache(cut_off, tee).await,
+        "HIT",
+        "the rest of the cache kept"
+    );
+    assert_eq!(
+        cut_off
+            .metric(r#"edge_cache_purges_total{kind="all"}"#)
+            .await,
+        0.0,
+        "nothing dropped wholesale: Redis still held what it missed"
+    );
+    for p in proxies {
+        p.stop().await;
+    }
 }
