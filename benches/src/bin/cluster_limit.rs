@@ -4,9 +4,9 @@
 //! started here on a loopback port, persistence off). The rules' limits are far above the load,
 //! so both allow every request and only the bookkeeping differs. Alternating rounds report
 //! throughput, latency and CPU per request of each proxy's worker threads; then, at a fixed
-//! offered load, the Redis commands per second the cluster proxy sends (its own counter and
-//! Redis's `total_commands_processed`) against the design's bound, one renewal per bucket per
-//! sync interval plus one heartbeat.
+//! offered load, the Redis commands per second the cluster proxy sends (its own counters and
+//! Redis's `INFO commandstats`) against the design's bound, one renewal per bucket per sync
+//! interval plus one heartbeat, and the rule's decisions (leased, on debt, refused).
 //!
 //! `cargo run --release -p edge-benches --bin cluster-limit -- --rounds 5`
 
@@ -63,16 +63,16 @@ impl Redis {
             .context("redis-server (`make setup` installs it)")?;
         let redis = Self { port, child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.commands_processed().await.is_err() {
+        while redis.command_calls().await.is_err() {
             anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(redis)
     }
 
-    /// Commands clients sent (scripts counted once, not the commands inside them): the
-    /// `calls` of every `cmdstat_` line of `INFO commandstats` but `info`'s own.
-    async fn commands_processed(&self) -> anyhow::Result<u64> {
+    /// Calls per command so far (`INFO commandstats`; the commands a script runs inside are
+    /// listed under their own names too), `info`'s own left out.
+    async fn command_calls(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
         tcp.write_all(b"INFO commandstats\r\n").await?;
@@ -89,20 +89,33 @@ impl Redis {
                 if body.len() >= length {
                     return Ok(body[..length]
                         .lines()
-                        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
                         .filter_map(|l| {
-                            l.split("calls=")
-                                .nth(1)?
-                                .split(',')
-                                .next()?
-                                .parse::<u64>()
-                                .ok()
+                            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                            let calls = stats.split("calls=").nth(1)?.split(',').next()?;
+                            Some((name.to_string(), calls.parse().ok()?))
                         })
-                        .sum());
+                        .filter(|(name, _)| name != "info")
+                        .collect());
                 }
             }
         }
     }
+}
+
+/// Calls per second of each command between two `command_calls` readings.
+fn rates(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    seconds: f64,
+) -> std::collections::BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(name, calls)| {
+            let was = before.get(name).copied().unwrap_or(0);
+            (name.clone(), calls.saturating_sub(was) as f64 / seconds)
+        })
+        .filter(|(_, rate)| *rate > 0.0)
+        .collect()
 }
 
 fn proxy(
@@ -139,7 +152,7 @@ fn proxy(
 async fn metric(proxy: &RunningProxy, series: &str) -> anyhow::Result<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(proxy.admin).await?;
-    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: admin\r\n\r\n")
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
         .await?;
     let mut bytes = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut bytes))
@@ -192,8 +205,19 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         ("rule scope: local", &specs[0]),
         ("rule scope: cluster", &specs[1]),
     ];
+    let decisions =
+        |p: &'static str| format!("edge_cluster_rate_limit_decisions_total{{decision=\"{p}\"}}");
+    let mut before = Vec::new();
+    for d in ["lease", "debt", "refused", "local"] {
+        before.push(metric(&cluster, &decisions(d)).await?);
+    }
     let series = rig::alternate(args.load.rounds, &targets).await?;
     println!("{}", report::summary(&series, &series[0]));
+    print!("cluster rule decisions over the rounds (warm-ups included):");
+    for (d, b) in ["lease", "debt", "refused", "local"].iter().zip(&before) {
+        print!(" {d} {:.0}", metric(&cluster, &decisions(d)).await? - b);
+    }
+    println!();
 
     // Redis operations at a fixed offered load on the cluster proxy.
     let mut paced = specs[1].clone();
@@ -208,25 +232,34 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let (leases0, beats0, redis0) = (
         metric(&cluster, lease).await?,
         metric(&cluster, heartbeat).await?,
-        redis.commands_processed().await?,
+        redis.command_calls().await?,
     );
     let result = run.await??;
     let (leases1, beats1, redis1) = (
         metric(&cluster, lease).await?,
         metric(&cluster, heartbeat).await?,
-        redis.commands_processed().await?,
+        redis.command_calls().await?,
     );
     let intervals_per_second = 1000.0 / SYNC_INTERVAL_MS as f64;
+    let per_command = rates(&redis0, &redis1, seconds);
+    let sent: f64 = ["evalsha", "eval", "xread", "xadd", "sadd", "scard"]
+        .iter()
+        .filter_map(|c| per_command.get(*c))
+        .sum();
     println!(
         "\nRedis at {:.0} req/s offered ({:.0} served) for {seconds:.0} s, one bucket, one instance:\n  \
          lease renewals {:.1}/s, heartbeats {:.1}/s (bound: {intervals_per_second:.0}/s each, one per sync interval)\n  \
-         redis-server commands from clients {:.1}/s (an EVALSHA per renewal and heartbeat, blocking XREADs of the purge stream); {:.5} per request",
+         commands this instance sent {sent:.1}/s ({:.5} per request); redis-server calls by command (those inside the scripts included): {}",
         args.rate,
         result.throughput(),
         (leases1 - leases0) / seconds,
         (beats1 - beats0) / seconds,
-        (redis1 - redis0) as f64 / seconds,
-        (redis1 - redis0) as f64 / (result.throughput() * seconds).max(1.0),
+        sent / (result.throughput()).max(1.0),
+        per_command
+            .iter()
+            .map(|(name, rate)| format!("{name} {rate:.1}/s"))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     cluster.stop();
     local.stop();

@@ -43,6 +43,9 @@ pub struct Cluster {
     settings: RedisSettings,
     instance: String,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// `edge_cluster_rate_limit_decisions_total`, by [`leases::Decision`] (resolved once: a
+    /// label lookup per request is a hash and a lock).
+    decisions: [prometheus::IntCounter; 4],
 }
 
 impl Drop for Cluster {
@@ -94,11 +97,18 @@ impl Cluster {
                     })
                 })?
         };
+        let decisions = leases::Decision::ALL.map(|decision| {
+            shared
+                .metrics
+                .cluster_rate_limit_decisions
+                .with_label_values(&[decision.label()])
+        });
         Ok(Arc::new(Self {
             shared,
             settings,
             instance,
             thread: Mutex::new(Some(thread)),
+            decisions,
         }))
     }
 
@@ -112,11 +122,7 @@ impl Cluster {
             shared.instances.load(Ordering::Relaxed),
             Instant::now(),
         );
-        shared
-            .metrics
-            .cluster_rate_limit_decisions
-            .with_label_values(&[verdict.decision.label()])
-            .inc();
+        self.decisions[verdict.decision as usize].inc();
         verdict
     }
 
