@@ -4,7 +4,7 @@
 //! started here on a loopback port, persistence off). The rules' limits are far above the load,
 //! so both allow every request and only the bookkeeping differs. Alternating rounds report
 //! throughput, latency and CPU per request of each proxy's worker threads; then, at a fixed
-//! offered load, the Redis commands per second the cluster proxy sends (its own counters and
+//! offered load spread over three cluster instances, the Redis commands per second they send (its own counters and
 //! Redis's `INFO commandstats`) against the design's bound, one renewal per bucket per sync
 //! interval plus one heartbeat, and the rule's decisions (leased, on debt, refused).
 //!
@@ -148,6 +148,26 @@ fn proxy(
     )
 }
 
+/// Each instance's lease renewals and heartbeats sent so far.
+async fn redis_counts(instances: &[&RunningProxy]) -> anyhow::Result<Vec<[f64; 2]>> {
+    let mut counts = Vec::new();
+    for p in instances {
+        counts.push([
+            metric(
+                p,
+                r#"edge_cluster_redis_commands_total{kind="lease",result="ok"}"#,
+            )
+            .await?,
+            metric(
+                p,
+                r#"edge_cluster_redis_commands_total{kind="heartbeat",result="ok"}"#,
+            )
+            .await?,
+        ]);
+    }
+    Ok(counts)
+}
+
 /// One series of the proxy's `/metrics` (0 when absent).
 async fn metric(proxy: &RunningProxy, series: &str) -> anyhow::Result<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -219,48 +239,93 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     println!();
 
-    // Redis operations at a fixed offered load on the cluster proxy.
-    let mut paced = specs[1].clone();
-    paced.rate = Some(args.rate);
-    paced.warmup = Duration::from_secs(1);
-    let seconds = paced.duration.as_secs_f64();
-    let lease = r#"edge_cluster_redis_commands_total{kind="lease",result="ok"}"#;
-    let heartbeat = r#"edge_cluster_redis_commands_total{kind="heartbeat",result="ok"}"#;
-    let warmup = paced.warmup;
-    let run = tokio::spawn(load::run(paced));
+    // Redis operations at a fixed offered load spread over three cluster instances sharing
+    // the bucket (the first is the one measured above).
+    let others = [
+        proxy(
+            &dir.path().join("cluster-2"),
+            addr,
+            &ca,
+            "cluster",
+            redis.port,
+        )?,
+        proxy(
+            &dir.path().join("cluster-3"),
+            addr,
+            &ca,
+            "cluster",
+            redis.port,
+        )?,
+    ];
+    let instances: Vec<&RunningProxy> = std::iter::once(&cluster).chain(&others).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in &instances {
+        while metric(p, "edge_cluster_instances").await? < instances.len() as f64 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the instances never saw each other"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let warmup = Duration::from_secs(1);
+    let runs: Vec<_> = instances
+        .iter()
+        .map(|p| {
+            let mut paced = args.load.spec(p.listen, PATH, None)?;
+            paced.rate = Some(args.rate / instances.len() as f64);
+            paced.warmup = warmup;
+            Ok(tokio::spawn(load::run(paced)))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let seconds = args.load.seconds as f64;
     tokio::time::sleep(warmup).await;
-    let (leases0, beats0, redis0) = (
-        metric(&cluster, lease).await?,
-        metric(&cluster, heartbeat).await?,
+    let before = (
+        redis_counts(&instances).await?,
         redis.command_calls().await?,
     );
-    let result = run.await??;
-    let (leases1, beats1, redis1) = (
-        metric(&cluster, lease).await?,
-        metric(&cluster, heartbeat).await?,
+    let mut served = 0.0;
+    let mut refused = 0;
+    for run in runs {
+        let result = run.await??;
+        served += result.throughput();
+        refused += result.errors;
+    }
+    let after = (
+        redis_counts(&instances).await?,
         redis.command_calls().await?,
     );
     let intervals_per_second = 1000.0 / SYNC_INTERVAL_MS as f64;
-    let per_command = rates(&redis0, &redis1, seconds);
+    let per_command = rates(&before.1, &after.1, seconds);
     let sent: f64 = ["evalsha", "eval", "xread", "xadd", "sadd", "scard"]
         .iter()
         .filter_map(|c| per_command.get(*c))
         .sum();
+    let per_instance = |i: usize, which: usize| (after.0[i][which] - before.0[i][which]) / seconds;
+    let leases: Vec<String> = (0..instances.len())
+        .map(|i| format!("{:.1}", per_instance(i, 0)))
+        .collect();
+    let total_leases: f64 = (0..instances.len()).map(|i| per_instance(i, 0)).sum();
+    let beats: f64 = (0..instances.len()).map(|i| per_instance(i, 1)).sum();
     println!(
-        "\nRedis at {:.0} req/s offered ({:.0} served) for {seconds:.0} s, one bucket, one instance:\n  \
-         lease renewals {:.1}/s, heartbeats {:.1}/s (bound: {intervals_per_second:.0}/s each, one per sync interval)\n  \
-         commands this instance sent {sent:.1}/s ({:.5} per request); redis-server calls by command (those inside the scripts included): {}",
+        "\nRedis at {:.0} req/s offered ({served:.0} served, {refused} not 200) over {} instances for {seconds:.0} s, one bucket:\n  \
+         lease renewals {total_leases:.1}/s (per instance {}; bound {:.0}/s, instances / sync_interval), heartbeats {beats:.1}/s in all\n  \
+         commands sent to Redis {sent:.1}/s ({:.1} per instance, {:.5} per request); redis-server calls by command (those inside the scripts included): {}",
         args.rate,
-        result.throughput(),
-        (leases1 - leases0) / seconds,
-        (beats1 - beats0) / seconds,
-        sent / (result.throughput()).max(1.0),
+        instances.len(),
+        leases.join(", "),
+        instances.len() as f64 * intervals_per_second,
+        sent / instances.len() as f64,
+        sent / served.max(1.0),
         per_command
             .iter()
             .map(|(name, rate)| format!("{name} {rate:.1}/s"))
             .collect::<Vec<_>>()
             .join(", "),
     );
+    for p in others {
+        p.stop();
+    }
     cluster.stop();
     local.stop();
     Ok(())
