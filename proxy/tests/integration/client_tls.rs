@@ -23,13 +23,14 @@ use crate::common::{
     catalog_upstream, eventually_metric_at, free_port, metric_at, plugin_wasm, Origin,
 };
 
-/// A CA that signs server and client certificates into a folder.
-struct Pki {
+/// A CA that signs server and client certificates into a folder (the Redis TLS test uses it
+/// too).
+pub struct Pki {
     dir: PathBuf,
     ca: rcgen::Certificate,
     ca_key: KeyPair,
     /// The CA certificate's PEM file.
-    ca_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 fn name(common_name: &str, organization: &str) -> DistinguishedName {
@@ -40,7 +41,7 @@ fn name(common_name: &str, organization: &str) -> DistinguishedName {
 }
 
 impl Pki {
-    fn new(dir: &Path, label: &str) -> Self {
+    pub fn new(dir: &Path, label: &str) -> Self {
         let ca_key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name = name(&format!("{label} CA"), "Edge tests");
@@ -67,7 +68,7 @@ impl Pki {
     }
 
     /// A server certificate for `names` as `file.pem` / `file.key` (expired when asked).
-    fn server(&self, file: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+    pub fn server(&self, file: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();

@@ -5,9 +5,11 @@
 //! back by itself when Redis does. A purge on one instance reaches the others, and instances
 //! that cannot know what they missed drop their cache. Edges in front of a shield edge fetch
 //! each key from the origin once, and `X-Cache` shows both tiers. A stalled Redis costs no
-//! request; an instance cut off alone replays the purges it missed.
+//! request; an instance cut off alone replays the purges it missed. Redis over TLS with an ACL
+//! user: the right login leases, a wrong password or server name falls back to local limits.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,10 +31,53 @@ impl RedisServer {
     }
 
     pub async fn start_on(port: u16) -> Self {
+        let server = Self::spawn(&["--port", &port.to_string()], port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if server.ping().await {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server did not answer on {}", server.addr);
+    }
+
+    /// A Redis serving TLS only on a free port, with `extra` settings (ACL users, say); ready
+    /// once it accepts connections.
+    pub async fn start_tls(cert: &Path, key: &Path, ca: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut args = vec![
+            "--port".to_string(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            ca.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Self::spawn(&args, port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(server.addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    fn spawn(listen: &[&str], port: u16) -> Self {
         let child = Command::new("redis-server")
+            .args(listen)
             .args([
-                "--port",
-                &port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -47,18 +92,10 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (installed by `make setup`)");
-        let server = Self {
+        Self {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if server.ping().await {
-                return server;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("redis-server did not answer on {}", server.addr);
     }
 
     async fn ping(&self) -> bool {
@@ -162,9 +199,14 @@ impl Drop for Forwarder {
 /// A proxy in front of `echo` whose `/echo/` route runs the rate-limit plugin with one
 /// cluster rule, syncing with `redis` every 100 ms.
 fn instance(echo: SocketAddr, redis: SocketAddr, rate: f64, burst: u64) -> Proxy {
+    instance_with(echo, redis, rate, burst, "")
+}
+
+/// [`instance`] with more `redis:` settings (`extra`: `key: value, ` pairs).
+fn instance_with(echo: SocketAddr, redis: SocketAddr, rate: f64, burst: u64, extra: &str) -> Proxy {
     Proxy::start(|dir| {
         format!(
-            "{}redis: {{ addresses: [{redis}], sync_interval: 100ms, on_unavailable: local_share }}\n\
+            "{}redis: {{ {extra}addresses: [{redis}], sync_interval: 100ms, on_unavailable: local_share }}\n\
              plugins:\n  - name: limit\n    module: {wasm}\n    config:\n      rules:\n        \
              - {{ name: shared, path_prefix: /echo/, rate_per_second: {rate}, burst: {burst}, scope: cluster }}\n",
             proxy_yaml(
@@ -594,6 +636,99 @@ async fn an_instance_cut_off_alone_replays_the_purges_it_missed() {
         "nothing dropped wholesale: Redis still held what it missed"
     );
     for p in proxies {
+        p.stop().await;
+    }
+}
+
+/// Redis over TLS (the test CA) with an ACL user: the instance logs in and leases tokens;
+/// with a wrong password, or a server name the certificate lacks, it reports the cluster view
+/// lost and serves on local limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_an_acl_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::client_tls::Pki::new(dir.path(), "redis");
+    let (cert, key) = pki.server("redis", &["localhost"], false);
+    let redis = RedisServer::start_tls(
+        &cert,
+        &key,
+        &pki.ca_file,
+        &[
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "edge",
+            "on",
+            ">s3cret-pass",
+            "~*",
+            "&*",
+            "+@all",
+        ],
+    )
+    .await;
+    let (right, wrong) = (dir.path().join("right"), dir.path().join("wrong"));
+    std::fs::write(&right, "s3cret-pass\n").unwrap();
+    std::fs::write(&wrong, "not-it\n").unwrap();
+    let echo = start_counting_echo().await;
+    let settings = |password: &Path, server_name: &str| {
+        format!(
+            "tls: {{ ca_file: {}, server_name: {server_name} }}, username: edge, password_file: {}, ",
+            pki.ca_file.display(),
+            password.display()
+        )
+    };
+    let member = instance_with(
+        echo.addr,
+        redis.addr,
+        1000.0,
+        100,
+        &settings(&right, "localhost"),
+    );
+    let refused = instance_with(
+        echo.addr,
+        redis.addr,
+        1000.0,
+        100,
+        &settings(&wrong, "localhost"),
+    );
+    // The right password, but a name the certificate does not carry: the handshake fails.
+    let misnamed = instance_with(
+        echo.addr,
+        redis.addr,
+        1000.0,
+        100,
+        &settings(&right, "other.example"),
+    );
+    all_connected(std::slice::from_ref(&member), 1.0).await;
+    let leased = r#"edge_cluster_rate_limit_decisions_total{decision="lease"}"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while member.metric(leased).await == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no request was served on a lease"
+        );
+        assert_eq!(member.get("/echo/item").await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for outsider in [&refused, &misnamed] {
+        for _ in 0..5 {
+            assert_eq!(outsider.get("/echo/item").await.status(), 200);
+        }
+        assert_eq!(outsider.metric("edge_cluster_connected").await, 0.0);
+        assert!(
+            outsider
+                .metric(r#"edge_cluster_rate_limit_decisions_total{decision="local"}"#)
+                .await
+                >= 5.0
+        );
+        assert_eq!(
+            outsider
+                .metric(r#"edge_cluster_redis_commands_total{kind="heartbeat",result="ok"}"#)
+                .await,
+            0.0
+        );
+    }
+    for p in [member, refused, misnamed] {
         p.stop().await;
     }
 }
