@@ -204,9 +204,14 @@ fn instance(echo: SocketAddr, redis: SocketAddr, rate: f64, burst: u64) -> Proxy
 
 /// [`instance`] with more `redis:` settings (`extra`: `key: value, ` pairs).
 fn instance_with(echo: SocketAddr, redis: SocketAddr, rate: f64, burst: u64, extra: &str) -> Proxy {
+    instance_at(echo, &redis.to_string(), rate, burst, extra)
+}
+
+/// [`instance_with`] with `redis.addresses` as given (a YAML list's items).
+fn instance_at(echo: SocketAddr, addresses: &str, rate: f64, burst: u64, extra: &str) -> Proxy {
     Proxy::start(|dir| {
         format!(
-            "{}redis: {{ {extra}addresses: [{redis}], sync_interval: 100ms, on_unavailable: local_share }}\n\
+            "{}redis: {{ {extra}addresses: [{addresses}], sync_interval: 100ms, on_unavailable: local_share }}\n\
              plugins:\n  - name: limit\n    module: {wasm}\n    config:\n      rules:\n        \
              - {{ name: shared, path_prefix: /echo/, rate_per_second: {rate}, burst: {burst}, scope: cluster }}\n",
             proxy_yaml(
@@ -513,15 +518,24 @@ async fn edges_behind_a_shield_fetch_a_key_from_the_origin_once() {
 }
 
 /// Redis stalls (`DEBUG SLEEP`: every command waits past `command_timeout`) while requests
-/// flow: none fails or waits on Redis, the cluster view is reported lost, and it comes back
+/// flow (one instance reaches Redis at the second of its `addresses`, the first dead): none fails or waits on Redis, the cluster view is reported lost, and it comes back
 /// by itself when Redis answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_costs_no_request_and_the_view_comes_back() {
     let redis = RedisServer::start().await;
     let echo = start_counting_echo().await;
-    let proxies: Vec<Proxy> = (0..2)
-        .map(|_| instance(echo.addr, redis.addr, 1000.0, 1000))
-        .collect();
+    // The second instance lists a dead address first: it goes on to the next one.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let proxies = vec![
+        instance(echo.addr, redis.addr, 1000.0, 1000),
+        instance_at(
+            echo.addr,
+            &format!("{dead}, {}", redis.addr),
+            1000.0,
+            1000,
+            "",
+        ),
+    ];
     all_connected(&proxies, 1.0).await;
     let sleeper = {
         let redis_addr = redis.addr;
