@@ -44,9 +44,10 @@ impl AdminApp {
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
         cache: &'static MokaStorage,
+        purger: Purger,
     ) -> Self {
         Self {
-            purger: Purger::new(current.clone(), cache, metrics.clone()),
+            purger,
             current,
             reloader,
             metrics,

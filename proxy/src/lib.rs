@@ -123,9 +123,11 @@ pub fn build_server(
 
     let client_tls = Arc::new(tls::client::ClientTlsTable::default());
     let cache = cache::storage::MokaStorage::leak(config.cache_max_bytes);
+    // One purger for this cache: the admin endpoint's purges, and with `redis:` the ones the
+    // other instances publish.
+    let purger = purge::Purger::new(current.clone(), cache, metrics.clone());
     if let Some(cluster) = &current.load().plugins.cluster {
-        // Purges published by the other instances apply to this cache.
-        cluster.set_purger(purge::Purger::new(current.clone(), cache, metrics.clone()));
+        cluster.set_purger(purger.clone());
     }
     let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl =
         Box::leak(pingora::cache::lock::CacheLock::new_boxed(CACHE_LOCK_AGE));
@@ -184,7 +186,8 @@ pub fn build_server(
         );
     }
 
-    let admin_app = admin::AdminApp::new(current, reloader.clone(), metrics, draining, cache);
+    let admin_app =
+        admin::AdminApp::new(current, reloader.clone(), metrics, draining, cache, purger);
     let mut admin = Service::new("admin".to_string(), admin_app);
     admin.threads = Some(1);
     admin.add_tcp(&config.admin_listen.to_string());

@@ -73,32 +73,23 @@ impl Redis {
     /// Calls per command so far (`INFO commandstats`; the commands a script runs inside are
     /// listed under their own names too), `info`'s own left out.
     async fn command_calls(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-        tcp.write_all(b"INFO commandstats\r\n").await?;
-        // A bulk string: `$<length>\r\n<text>\r\n`.
-        let mut bytes = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            let n = tcp.read(&mut chunk).await?;
-            anyhow::ensure!(n > 0, "redis closed");
-            bytes.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&bytes);
-            if let Some((head, body)) = text.split_once("\r\n") {
-                let length: usize = head.trim_start_matches('$').parse()?;
-                if body.len() >= length {
-                    return Ok(body[..length]
-                        .lines()
-                        .filter_map(|l| {
-                            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                            let calls = stats.split("calls=").nth(1)?.split(',').next()?;
-                            Some((name.to_string(), calls.parse().ok()?))
-                        })
-                        .filter(|(name, _)| name != "info")
-                        .collect());
-                }
-            }
-        }
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let info: redis::InfoDict = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut connection)
+            .await?;
+        // `cmdstat_evalsha:calls=20,usec=...,...`
+        Ok(info
+            .iter()
+            .filter_map(|(key, stats)| {
+                let name = key.strip_prefix("cmdstat_")?;
+                let stats: String = redis::from_redis_value(stats.clone()).ok()?;
+                let calls = stats.split("calls=").nth(1)?.split(',').next()?;
+                Some((name.to_string(), calls.parse().ok()?))
+            })
+            .filter(|(name, _)| name != "info")
+            .collect())
     }
 }
 
@@ -148,41 +139,26 @@ fn proxy(
     )
 }
 
-/// Each instance's lease renewals and heartbeats sent so far.
-async fn redis_counts(instances: &[&RunningProxy]) -> anyhow::Result<Vec<[f64; 2]>> {
-    let mut counts = Vec::new();
-    for p in instances {
-        counts.push([
-            metric(
-                p,
-                r#"edge_cluster_redis_commands_total{kind="lease",result="ok"}"#,
-            )
-            .await?,
-            metric(
-                p,
-                r#"edge_cluster_redis_commands_total{kind="heartbeat",result="ok"}"#,
-            )
-            .await?,
-        ]);
-    }
-    Ok(counts)
+/// Each instance's lease renewals and heartbeats sent so far (its own counters, in process).
+fn redis_counts(instances: &[&RunningProxy]) -> Vec<[f64; 2]> {
+    let sent = |p: &RunningProxy, kind: &str| {
+        p.metrics
+            .cluster_redis_commands
+            .with_label_values(&[kind, "ok"])
+            .get() as f64
+    };
+    instances
+        .iter()
+        .map(|p| [sent(p, "lease"), sent(p, "heartbeat")])
+        .collect()
 }
 
-/// One series of the proxy's `/metrics` (0 when absent).
-async fn metric(proxy: &RunningProxy, series: &str) -> anyhow::Result<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(proxy.admin).await?;
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut bytes = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut bytes))
-        .await
-        .context("/metrics did not finish within 5 s")??;
-    let body = String::from_utf8_lossy(&bytes);
-    Ok(body
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0))
+/// How many times the cluster rule decided `decision` (lease, debt, refused, local).
+fn decisions(p: &RunningProxy, decision: &str) -> u64 {
+    p.metrics
+        .cluster_rate_limit_decisions
+        .with_label_values(&[decision])
+        .get()
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
@@ -200,7 +176,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         redis.port,
     )?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&cluster, "edge_cluster_connected").await? < 1.0 {
+    while cluster.metrics.cluster_connected.get() < 1 {
         anyhow::ensure!(
             Instant::now() < deadline,
             "the cluster proxy never reached Redis"
@@ -225,17 +201,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         ("rule scope: local", &specs[0]),
         ("rule scope: cluster", &specs[1]),
     ];
-    let decisions =
-        |p: &'static str| format!("edge_cluster_rate_limit_decisions_total{{decision=\"{p}\"}}");
-    let mut before = Vec::new();
-    for d in ["lease", "debt", "refused", "local"] {
-        before.push(metric(&cluster, &decisions(d)).await?);
-    }
+    const DECISIONS: [&str; 4] = ["lease", "debt", "refused", "local"];
+    let before = DECISIONS.map(|d| decisions(&cluster, d));
     let series = rig::alternate(args.load.rounds, &targets).await?;
     println!("{}", report::summary(&series, &series[0]));
     print!("cluster rule decisions over the rounds (warm-ups included):");
-    for (d, b) in ["lease", "debt", "refused", "local"].iter().zip(&before) {
-        print!(" {d} {:.0}", metric(&cluster, &decisions(d)).await? - b);
+    for (d, b) in DECISIONS.iter().zip(before) {
+        print!(" {d} {}", decisions(&cluster, d) - b);
     }
     println!();
 
@@ -260,7 +232,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let instances: Vec<&RunningProxy> = std::iter::once(&cluster).chain(&others).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     for p in &instances {
-        while metric(p, "edge_cluster_instances").await? < instances.len() as f64 {
+        while p.metrics.cluster_instances.get() < instances.len() as i64 {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "the instances never saw each other"
@@ -280,10 +252,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let seconds = args.load.seconds as f64;
     tokio::time::sleep(warmup).await;
-    let before = (
-        redis_counts(&instances).await?,
-        redis.command_calls().await?,
-    );
+    let before = (redis_counts(&instances), redis.command_calls().await?);
     let mut served = 0.0;
     let mut refused = 0;
     for run in runs {
@@ -291,10 +260,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         served += result.throughput();
         refused += result.errors;
     }
-    let after = (
-        redis_counts(&instances).await?,
-        redis.command_calls().await?,
-    );
+    let after = (redis_counts(&instances), redis.command_calls().await?);
     let intervals_per_second = 1000.0 / SYNC_INTERVAL_MS as f64;
     let per_command = rates(&before.1, &after.1, seconds);
     let sent: f64 = ["evalsha", "eval", "xread", "xadd", "sadd", "scard"]

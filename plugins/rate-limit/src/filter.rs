@@ -73,10 +73,9 @@ impl RateLimiter {
         key.push('/');
         push_client_key(&mut key, client_id, trusted.as_deref(), source.as_deref());
         let verdict = match rule.scope {
-            Scope::Cluster => match cluster_take(&key, rule) {
-                Some(verdict) => Some(verdict),
-                None => self.take(&key, rule.limit, now_ns),
-            },
+            Scope::Cluster => {
+                cluster_take(&key, rule).or_else(|| self.take(&key, rule.limit, now_ns))
+            }
             Scope::Local => self.take(&key, rule.limit, now_ns),
         };
         let Some(verdict) = verdict else {

@@ -337,6 +337,19 @@ mod tests {
         burst: 50,
     };
     const SYNC: Duration = Duration::from_millis(100);
+    /// A limit far above any test's traffic.
+    const FAR_ABOVE: Limit = Limit {
+        rate_per_second: 1_000_000.0,
+        burst: 1_000_000_000,
+    };
+
+    /// A shared bucket that never runs out: grants what is wanted.
+    fn grant_all(renewal: &Renewal) -> Grant {
+        Grant {
+            granted: renewal.want,
+            tokens_left: 1e9,
+        }
+    }
 
     /// One shared bucket, refilled like the Redis script does.
     struct Shared {
@@ -425,10 +438,6 @@ mod tests {
     fn leases_grow_with_the_traffic_far_below_the_limit() {
         // 1,000 req/s per instance against a limit of a million: after the first sync or two
         // (the first requests on debt, then leases sized on demand), nothing is refused.
-        let limit = Limit {
-            rate_per_second: 1_000_000.0,
-            burst: 1_000_000_000,
-        };
         let leases = Leases::new(SYNC, Unavailable::LocalShare);
         let start = Instant::now();
         let mut refused_after_warmup = 0;
@@ -436,18 +445,10 @@ mod tests {
             let now = start + Duration::from_millis(u64::from(tick));
             if tick % 100 == 0 {
                 for renewal in leases.due(now) {
-                    let want = renewal.want;
-                    leases.renewed(
-                        &renewal,
-                        Some(Grant {
-                            granted: want,
-                            tokens_left: 1e9,
-                        }),
-                        now,
-                    );
+                    leases.renewed(&renewal, Some(grant_all(&renewal)), now);
                 }
             }
-            let verdict = leases.take("k", limit, true, 1, now);
+            let verdict = leases.take("k", FAR_ABOVE, true, 1, now);
             if !verdict.allowed && tick >= 300 {
                 refused_after_warmup += 1;
             }
@@ -462,10 +463,6 @@ mod tests {
     /// limit in the cluster-limit benchmark).
     #[test]
     fn renewals_answered_after_a_round_trip_still_come_every_interval() {
-        let limit = Limit {
-            rate_per_second: 1_000_000.0,
-            burst: 1_000_000_000,
-        };
         let leases = Leases::new(SYNC, Unavailable::LocalShare);
         let start = Instant::now();
         let (mut refused_after_warmup, mut renewals) = (0, 0);
@@ -489,19 +486,11 @@ mod tests {
                 if *at > now {
                     return true;
                 }
-                let want = renewal.want;
-                leases.renewed(
-                    renewal,
-                    Some(Grant {
-                        granted: want,
-                        tokens_left: 1e9,
-                    }),
-                    now,
-                );
+                leases.renewed(renewal, Some(grant_all(renewal)), now);
                 false
             });
             for _ in 0..10 {
-                if !leases.take("k", limit, true, 1, now).allowed && tick >= 300 {
+                if !leases.take("k", FAR_ABOVE, true, 1, now).allowed && tick >= 300 {
                     refused_after_warmup += 1;
                 }
             }

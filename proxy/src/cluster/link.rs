@@ -142,7 +142,7 @@ impl Link {
             redis_info = redis_info.set_username(user.clone());
         }
         if let Some(password) = &settings.password {
-            redis_info = redis_info.set_password(password.clone());
+            redis_info = redis_info.set_password(password.expose());
         }
         let info = addr.into_connection_info()?.set_redis_settings(redis_info);
         let client = match &settings.tls {

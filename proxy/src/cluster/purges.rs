@@ -271,13 +271,7 @@ async fn read_once(
     };
     for key in reply.keys {
         for entry in key.ids {
-            let field = |name: &str| -> String {
-                entry
-                    .map
-                    .get(name)
-                    .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
-                    .unwrap_or_default()
-            };
+            let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
             if field("from") != instance {
                 let order = match field("kind").as_str() {
                     "category" => Some(PurgeOrder::Category(field("value"))),

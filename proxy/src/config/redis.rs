@@ -86,12 +86,12 @@ fn default_key_prefix() -> String {
 }
 
 /// The validated section.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RedisSettings {
     pub addresses: Vec<SocketAddr>,
     pub tls: Option<RedisTls>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Password>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
@@ -101,24 +101,19 @@ pub struct RedisSettings {
     pub key_prefix: String,
 }
 
-impl std::fmt::Debug for RedisSettings {
+/// The Redis password (read from `password_file`); never shown in Debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSettings")
-            .field("addresses", &self.addresses)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field(
-                "password",
-                &self.password.as_ref().map(|_| "<from password_file>"),
-            )
-            .field("pool_size", &self.pool_size)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("command_timeout", &self.command_timeout)
-            .field("sync_interval", &self.sync_interval)
-            .field("on_unavailable", &self.on_unavailable)
-            .field("purge_ack_timeout", &self.purge_ack_timeout)
-            .field("key_prefix", &self.key_prefix)
-            .finish()
+        f.write_str("<from password_file>")
     }
 }
 
@@ -164,7 +159,9 @@ pub(super) fn redis(
     let password = file.password_file.as_ref().and_then(|p| {
         let path = resolve(base, p);
         match std::fs::read_to_string(&path) {
-            Ok(text) => Some(text.lines().next().unwrap_or_default().to_string()),
+            Ok(text) => Some(Password(
+                text.lines().next().unwrap_or_default().to_string(),
+            )),
             Err(e) => {
                 problems.add(
                     "redis.password_file",
@@ -278,7 +275,10 @@ mod tests {
         ));
         assert!(problems.is_empty(), "{problems:?}");
         let settings = settings.unwrap();
-        assert_eq!(settings.password.as_deref(), Some("s3cret-redis-password"));
+        assert_eq!(
+            settings.password.as_ref().map(Password::expose),
+            Some("s3cret-redis-password")
+        );
         assert!(!format!("{settings:?}").contains("s3cret"));
     }
 

@@ -684,35 +684,19 @@ async fn redis_over_tls_with_an_acl_user() {
     std::fs::write(&right, "s3cret-pass\n").unwrap();
     std::fs::write(&wrong, "not-it\n").unwrap();
     let echo = start_counting_echo().await;
-    let settings = |password: &Path, server_name: &str| {
-        format!(
+    // An instance logging in with `password` and checking `server_name` in the certificate.
+    let start = |password: &Path, server_name: &str| {
+        let settings = format!(
             "tls: {{ ca_file: {}, server_name: {server_name} }}, username: edge, password_file: {}, ",
             pki.ca_file.display(),
             password.display()
-        )
+        );
+        instance_with(echo.addr, redis.addr, 1000.0, 100, &settings)
     };
-    let member = instance_with(
-        echo.addr,
-        redis.addr,
-        1000.0,
-        100,
-        &settings(&right, "localhost"),
-    );
-    let refused = instance_with(
-        echo.addr,
-        redis.addr,
-        1000.0,
-        100,
-        &settings(&wrong, "localhost"),
-    );
+    let member = start(&right, "localhost");
+    let refused = start(&wrong, "localhost");
     // The right password, but a name the certificate does not carry: the handshake fails.
-    let misnamed = instance_with(
-        echo.addr,
-        redis.addr,
-        1000.0,
-        100,
-        &settings(&right, "other.example"),
-    );
+    let misnamed = start(&right, "other.example");
     all_connected(std::slice::from_ref(&member), 1.0).await;
     let leased = r#"edge_cluster_rate_limit_decisions_total{decision="lease"}"#;
     let deadline = Instant::now() + Duration::from_secs(5);
