@@ -187,6 +187,15 @@ async fn get_over(mut stream: ClientStream, path: &str, headers: &str) -> std::i
     })
 }
 
+/// The cipher suite a handshake settled on.
+fn suite(stream: &ClientStream) -> Option<rustls::CipherSuite> {
+    stream
+        .get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .map(|s| s.suite())
+}
+
 /// The leaf certificate the server presented: its DNS names.
 fn presented_names(stream: &ClientStream) -> Vec<String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -551,11 +560,7 @@ async fn min_version_refuses_older_clients_and_the_server_orders_the_ciphers() {
     );
     // The server's cipher order wins: AES-128-GCM, though rustls clients offer AES-256 first.
     assert_eq!(
-        stream
-            .get_ref()
-            .1
-            .negotiated_cipher_suite()
-            .map(|s| s.suite()),
+        suite(&stream),
         Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
     );
     let stream = handshake(
@@ -566,11 +571,7 @@ async fn min_version_refuses_older_clients_and_the_server_orders_the_ciphers() {
     .await
     .unwrap();
     assert_eq!(
-        stream
-            .get_ref()
-            .1
-            .negotiated_cipher_suite()
-            .map(|s| s.suite()),
+        suite(&stream),
         Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
     );
     assert!(handshake(modern.https, "shop.example", tls12)
